@@ -1,0 +1,138 @@
+"""Assembly: settings -> content -> database -> KB -> desk -> engine -> timers -> outbox.
+
+Both the CLI and the tests build the application here, so what runs is what is tested.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from kb.matcher import MatchSettings
+from kb.service import KnowledgeBase
+from sqlalchemy import select
+
+from bot.clock import Clock, SystemClock
+from bot.content import Content, load_content
+from bot.domain import AgentEvent, HandleResult, UserEvent
+from bot.engine import DialogEngine
+from bot.outbox import Dispatcher, Sender
+from bot.storage.db import Database
+from bot.storage.models import KbImpression
+from config.problems import ContentError
+from config.settings import Settings
+from escalation.desk import Desk
+from escalation.timers import SlaTimers
+
+log = logging.getLogger(__name__)
+
+
+def match_settings(settings: Settings) -> MatchSettings:
+    """The matcher's thresholds with the admin's overrides applied."""
+    base = MatchSettings()
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "answer_threshold": settings.kb.answer_threshold,
+            "suggest_threshold": settings.kb.suggest_threshold,
+            "answer_margin": settings.kb.answer_margin,
+        }.items()
+        if v is not None
+    }
+    if not overrides:
+        return base
+    from dataclasses import replace
+
+    return replace(base, **overrides)
+
+
+def build_kb(settings: Settings, content: Content) -> KnowledgeBase:
+    """Load the KB folder with the categories it may use."""
+    return KnowledgeBase(
+        content.kb_dir,
+        categories=set(content.categories),
+        category_keywords=content.category_keywords(),
+        settings=match_settings(settings),
+    )
+
+
+@dataclass
+class App:
+    """The running application's parts."""
+
+    settings: Settings
+    clock: Clock
+    db: Database
+    content: Content
+    kb: KnowledgeBase
+    desk: Desk
+    engine: DialogEngine
+    timers: SlaTimers
+    dispatchers: list[Dispatcher] = field(default_factory=list)
+
+    @classmethod
+    async def create(
+        cls, settings: Settings, clock: Clock | None = None, *, migrate: bool = True
+    ) -> App:
+        """Validate content, open the database (migrating it), load the KB and feedback."""
+        content, problems = load_content(settings)
+        if content is None:
+            raise ContentError(problems)
+        kb = build_kb(settings, content)
+        if kb.problems:
+            raise ContentError(list(kb.problems))
+        clock = clock or SystemClock()
+        db = Database(settings.database.url, echo=settings.database.echo)
+        if migrate:
+            await db.upgrade()
+        desk = Desk(db, content, clock, settings)
+        desk.kb = kb
+        engine = DialogEngine(db, content, kb, clock, settings, desk)
+        app = cls(settings, clock, db, content, kb, desk, engine, SlaTimers(db, desk, clock))
+        await app.load_feedback()
+        return app
+
+    async def load_feedback(self) -> None:
+        """Replay stored verdicts into the matcher's ranking."""
+        async with self.db.transaction() as s:
+            rows = await s.execute(
+                select(KbImpression.article_id, KbImpression.query, KbImpression.verdict).where(
+                    KbImpression.verdict.is_not(None)
+                )
+            )
+            self.kb.load_feedback((a, q, v == "helped") for a, q, v in rows.all())
+
+    def dispatcher(self, senders: dict[str, Sender], **kwargs: Any) -> Dispatcher:
+        """A dispatcher for ``senders``, woken whenever the app queues something."""
+        d = Dispatcher(self.db, self.clock, self.desk, senders, **kwargs)
+        self.dispatchers.append(d)
+        return d
+
+    def _wake(self) -> None:
+        for d in self.dispatchers:
+            d.wake()
+
+    async def handle_user(self, ev: UserEvent) -> HandleResult:
+        """Process an end-user event and wake the outbox."""
+        self.kb.reload_if_changed()
+        result = await self.engine.handle(ev)
+        await self._after()
+        return result
+
+    async def handle_agent(self, ev: AgentEvent) -> HandleResult:
+        """Process a consultant event and wake the outbox."""
+        result = await self.desk.handle_agent(ev)
+        await self._after()
+        return result
+
+    async def _after(self) -> None:
+        self._wake()
+        if self.desk.sla.changed:
+            self.desk.sla.changed = False
+            if self.timers.scheduler is not None:
+                await self.timers.reschedule()
+
+    async def close(self) -> None:
+        """Release the database."""
+        await self.db.dispose()

@@ -1,0 +1,359 @@
+"""The ``firstline`` command line: run the bot, chat locally, and admin tools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy import select
+
+from bot.app import App
+from bot.content import load_content
+from bot.logs import setup_logging
+from bot.storage.db import Database
+from bot.storage.models import Ticket, TicketPause
+from config.problems import ContentError, Problem
+from config.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="firstline",
+    help="firstline — first-line support bot for Telegram and Slack.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+tickets_app = typer.Typer(help="Tickets: list and show.", invoke_without_command=True)
+sla_app = typer.Typer(help="SLA tools.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(tickets_app, name="tickets")
+app.add_typer(sla_app, name="sla")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="TOML settings file (or FIRSTLINE_CONFIG).", show_default=False
+    ),
+]
+
+
+class State:
+    """Options shared by every command."""
+
+    config: Path | None = None
+
+
+STATE = State()
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Without a command: run the bot (same as `firstline run`)."""
+    STATE.config = config
+    if ctx.invoked_subcommand is None:
+        run()
+
+
+def fail(problems: list[Problem], header: str = "Configuration problems:") -> None:
+    """Print problems for the admin and exit with status 2."""
+    typer.echo(header, err=True)
+    for p in problems:
+        typer.echo(f"  {p}", err=True)
+    raise typer.Exit(2)
+
+
+def settings_or_exit() -> Settings:
+    """Load settings, or print every problem with file, line and key and exit."""
+    try:
+        return load_settings(STATE.config)
+    except ContentError as exc:
+        fail(exc.problems)
+        raise  # unreachable: fail() exits
+
+
+def with_app(fn: Callable[[App], Awaitable[T]], *, log: bool = False) -> T:
+    """Build the application, run ``fn`` with it, and close it."""
+    settings = settings_or_exit()
+    if log:
+        setup_logging(settings)
+
+    async def go() -> T:
+        try:
+            application = await App.create(settings)
+        except ContentError as exc:
+            fail(exc.problems, "The bot refuses to start; fix these first:")
+            raise
+        try:
+            return await fn(application)
+        finally:
+            await application.close()
+
+    return asyncio.run(go())
+
+
+# ---------------------------------------------------------------------- run and chat
+
+
+@app.command()
+def run(config: ConfigOpt = None) -> None:
+    """Run the bot: Telegram and/or Slack when tokens are set, else the local console."""
+    if config is not None:
+        STATE.config = config
+    settings = settings_or_exit()
+    has_platform = settings.telegram.bot_token is not None or settings.slack.bot_token is not None
+    if not has_platform:
+        typer.echo(
+            "No TELEGRAM_BOT_TOKEN or SLACK_BOT_TOKEN set: starting the local console "
+            "channel (see README).",
+            err=True,
+        )
+        chat(as_="user", user=None, name=None, lang=None)
+        return
+    from handlers.server import serve
+
+    setup_logging(settings)
+    try:
+        asyncio.run(serve(settings))
+    except ContentError as exc:
+        fail(exc.problems, "The bot refuses to start; fix these first:")
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def chat(
+    as_: Annotated[str, typer.Option("--as", help="user (end user) or l2 (consultant).")] = "user",
+    user: Annotated[str | None, typer.Option(help="End-user id (default: your login).")] = None,
+    name: Annotated[str | None, typer.Option(help="Consultant name for --as l2.")] = None,
+    lang: Annotated[str | None, typer.Option(help="Language code of the end user (en/ru).")] = None,
+) -> None:
+    """Chat with the bot in the terminal, as an end user or as an L2 consultant.
+
+    With stdin from a pipe it reads one message per line; a line that is only a number
+    presses that button.
+    """
+    from handlers.console import ConsoleAgent, ConsoleUser, default_user
+
+    if as_ not in ("user", "l2"):
+        typer.echo("--as must be 'user' or 'l2'", err=True)
+        raise typer.Exit(2)
+
+    async def go(application: App) -> None:
+        if as_ == "l2":
+            await ConsoleAgent(application, name or default_user()).run()
+        else:
+            await ConsoleUser(application, user or default_user(), lang).run()
+
+    with_app(go)
+
+
+# ---------------------------------------------------------------------- config and db
+
+
+@app.command("check-config")
+def check_config() -> None:
+    """Validate settings and every content file; print each problem with file, line, key."""
+    settings = settings_or_exit()
+    content, problems = load_content(settings)
+    kb_count = 0
+    if content is not None:
+        from bot.app import build_kb
+
+        kb = build_kb(settings, content)
+        problems = problems + list(kb.problems)
+        kb_count = len(kb.articles)
+    if problems:
+        fail(problems)
+    assert content is not None
+    typer.echo(
+        f"OK: {len(content.categories)} categories, {len(content.sla.tiers)} tiers, "
+        f"{len(content.sla.calendars)} calendars, {kb_count} KB articles, "
+        f"{len(content.customers.entries)} directory entries."
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations (also done at every start)."""
+    settings = settings_or_exit()
+
+    async def go() -> None:
+        db = Database(settings.database.url)
+        try:
+            await db.upgrade()
+        finally:
+            await db.dispose()
+
+    asyncio.run(go())
+    typer.echo("database is up to date")
+
+
+# ---------------------------------------------------------------------- tickets
+
+
+def _ticket_json(app_: App, tk: Ticket) -> dict[str, Any]:
+    def iso(d: datetime | None) -> str | None:
+        return d.isoformat() if d else None
+
+    return {
+        "number": app_.desk.number(tk),
+        "status": tk.status,
+        "level": tk.level,
+        "priority": tk.priority,
+        "tier": tk.tier,
+        "organisation": tk.organisation,
+        "category": tk.category,
+        "subject": tk.subject,
+        "owner": tk.owner_name,
+        "destination": tk.destination,
+        "created_at": iso(tk.created_at),
+        "first_response_at": iso(tk.first_response_at),
+        "resolved_at": iso(tk.resolved_at),
+        "first_response_due": iso(tk.first_response_due),
+        "next_response_due": iso(tk.next_response_due),
+        "resolution_due": iso(tk.resolution_due),
+        "l3_due": iso(tk.l3_due),
+        "csat": tk.csat,
+        "reopen_count": tk.reopen_count,
+    }
+
+
+@tickets_app.callback()
+def tickets_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Include resolved and closed.")] = False,
+) -> None:
+    """List open tickets with status, owner, deadlines and SLA state."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from escalation.card import build_card
+    from escalation.desk import OPEN_STATUSES
+
+    async def go(a: App) -> None:
+        async with a.db.transaction() as s:
+            stmt = select(Ticket).order_by(Ticket.id)
+            if not all_:
+                stmt = stmt.where(Ticket.status.in_(OPEN_STATUSES))
+            rows = list((await s.execute(stmt)).scalars())
+            if as_json:
+                out = []
+                for tk in rows:
+                    d = _ticket_json(a, tk)
+                    card = await build_card(s, a.desk, tk, a.clock.now())
+                    d["sla"] = {x.name: x.state for x in card.deadlines}
+                    out.append(d)
+                typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+                return
+            if not rows:
+                typer.echo("no tickets" if all_ else "no open tickets")
+                return
+            typer.echo(
+                f"{'TICKET':<9} {'STATUS':<12} {'PRIO':<8} {'TIER':<10} {'OWNER':<14} SLA / SUBJECT"
+            )
+            for tk in rows:
+                card = await build_card(s, a.desk, tk, a.clock.now())
+                sla = "; ".join(f"{x.label} {x.state}" for x in card.deadlines) or "-"
+                typer.echo(
+                    f"{card.number:<9} {tk.status:<12} {tk.priority:<8} {tk.tier:<10} "
+                    f"{(tk.owner_name or '-')[:14]:<14} {sla}\n{'':<9} {tk.subject[:70]}"
+                )
+
+    with_app(go)
+
+
+@tickets_app.command("show")
+def tickets_show(
+    number: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show one ticket's card and history."""
+    from escalation.card import build_card, render_plain
+
+    async def go(a: App) -> None:
+        async with a.db.transaction() as s:
+            tk = await a.desk.by_number(s, number)
+            if tk is None:
+                typer.echo(f"no ticket {number}", err=True)
+                raise typer.Exit(1)
+            if as_json:
+                typer.echo(json.dumps(_ticket_json(a, tk), ensure_ascii=False, indent=2))
+                return
+            typer.echo(render_plain(await build_card(s, a.desk, tk, a.clock.now())))
+
+    with_app(go)
+
+
+# ---------------------------------------------------------------------- SLA
+
+
+@sla_app.command("explain")
+def sla_explain(number: str) -> None:
+    """Explain how each deadline of a ticket was computed (calendar, holidays, pauses)."""
+    from escalation.calendar import format_duration
+
+    async def go(a: App) -> None:
+        async with a.db.transaction() as s:
+            tk = await a.desk.by_number(s, number)
+            if tk is None:
+                typer.echo(f"no ticket {number}", err=True)
+                raise typer.Exit(1)
+            pauses = [
+                (p.started_at, p.ended_at)
+                for p in (
+                    await s.execute(
+                        select(TicketPause)
+                        .where(TicketPause.ticket_id == tk.id)
+                        .order_by(TicketPause.id)
+                    )
+                ).scalars()
+            ]
+        sla = a.content.sla
+        cal = sla.calendar_for(tk.tier)
+        targets = sla.targets_for(tk.tier, tk.priority)
+        typer.echo(
+            f"{a.desk.number(tk)}: tier {tk.tier}, priority {tk.priority}, status {tk.status}"
+        )
+        typer.echo(f"calendar: {cal.summary()}")
+        for p in pauses:
+            end = p[1].isoformat() if p[1] else "now (open)"
+            typer.echo(f"pause (waiting for customer): {p[0].isoformat()} -> {end}")
+        clocks: list[tuple[str, datetime | None, Any]] = [
+            ("first response", tk.created_at, targets.first_response),
+            ("resolution", tk.created_at, targets.resolution),
+        ]
+        if tk.awaiting_reply_since is not None and tk.first_response_at is not None:
+            clocks.insert(1, ("next response", tk.awaiting_reply_since, targets.next_response))
+        for label, start, target in clocks:
+            if start is None:
+                continue
+            typer.echo(
+                f"\n{label}: target {format_duration(target)} of business time from "
+                f"{start.isoformat()}"
+            )
+            for line in cal.explain(start, target, pauses).lines():
+                typer.echo(f"  {line}")
+        if tk.first_response_at is not None:
+            typer.echo(f"\nfirst response given at {tk.first_response_at.isoformat()}")
+
+    with_app(go)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

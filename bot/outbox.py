@@ -1,0 +1,330 @@
+"""Delivery of the outbox: every platform call, in order per chat, retried until it lands.
+
+Rows are written by the engine in the same transaction as the change that needs them; the
+dispatcher claims the oldest unsent row of each target (so one chat's messages never
+overtake each other), hands it to the channel's :class:`Sender`, and records the outcome.
+A crash between the call and the record re-sends that one row after the lock expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import func, or_, select, update
+
+from bot.clock import Clock
+from bot.storage.db import Database
+from bot.storage.models import MessageLink, Outbox, Ticket
+from bot.storage.repo import log_event
+from escalation.card import TicketCard, build_card
+from escalation.desk import Desk
+
+log = logging.getLogger(__name__)
+
+LOCK_FOR = timedelta(seconds=60)
+MAX_ATTEMPTS = 25
+TICKET_KINDS = ("ticket_card", "ticket_post", "agent_notice", "notify")
+
+
+@dataclass
+class OutboxItem:
+    """One row to deliver, with what the sender needs to render it."""
+
+    id: int
+    channel: str
+    target: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    ticket_id: int | None = None
+    card: TicketCard | None = None
+    # Existing platform references of this ticket on this target: role -> message keys.
+    links: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class SendResult:
+    """The outcome of one platform call."""
+
+    ok: bool = True
+    retry_after: float | None = None  # seconds, from a 429 or our own backoff
+    permanent: bool = False  # do not retry (400, 403...)
+    unreachable: bool = False  # the user blocked the bot / left
+    error: str = ""
+    # New platform references to remember: (role, message_key, ticket_message_id).
+    links: list[tuple[str, str, int | None]] = field(default_factory=list)
+    # Forget these roles' references for this ticket and target (a deleted topic).
+    drop_roles: list[str] = field(default_factory=list)
+
+
+class Sender(Protocol):
+    """A platform's delivery side."""
+
+    channel: str
+
+    async def send(self, item: OutboxItem) -> SendResult:
+        """Make the platform call for ``item``."""
+        ...
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait before the next try: 1, 2, 4 ... capped at 5 minutes."""
+    return float(min(2 ** max(attempts - 1, 0), 300))
+
+
+class Dispatcher:
+    """Drains the outbox for the senders it has (optionally only some targets)."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        desk: Desk,
+        senders: dict[str, Sender],
+        *,
+        target_filter: Callable[[str, str], bool] | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.desk = desk
+        self.senders = senders
+        self.target_filter = target_filter
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something was queued: deliver without waiting for the next poll."""
+        self._wake.set()
+
+    async def run_forever(self, stop: asyncio.Event, poll_seconds: float = 1.0) -> None:
+        """Deliver until ``stop`` is set; sleeps on an event, not a busy loop."""
+        while not stop.is_set():
+            try:
+                sent = await self.run_once()
+            except Exception:
+                log.exception("outbox pass failed; retrying")
+                sent = 0
+            if sent:
+                continue
+            self._wake.clear()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            _done, pending = await asyncio.wait(
+                {waiter, stopper}, timeout=poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+
+    async def _claim(self, now: datetime, limit: int) -> list[Outbox]:
+        async with self.db.transaction() as s:
+            # Rows whose sender died mid-call go back to the queue.
+            await s.execute(
+                update(Outbox)
+                .where(Outbox.status == "sending", Outbox.locked_until < now)
+                .values(status="pending", locked_by=None)
+            )
+            channels = list(self.senders)
+            rows = list(
+                (
+                    await s.execute(
+                        select(Outbox)
+                        .where(
+                            Outbox.status.in_(("pending", "sending")), Outbox.channel.in_(channels)
+                        )
+                        .order_by(Outbox.id)
+                        .limit(500)
+                    )
+                ).scalars()
+            )
+            chosen: list[Outbox] = []
+            blocked: set[tuple[str, str]] = set()
+            for row in rows:
+                key = (row.channel, row.target)
+                if key in blocked:
+                    continue
+                blocked.add(key)  # only the oldest unsent row of a target may go
+                if self.target_filter is not None and not self.target_filter(
+                    row.channel, row.target
+                ):
+                    continue
+                if row.status != "pending" or row.next_attempt_at > now:
+                    continue
+                res = await s.execute(
+                    update(Outbox)
+                    .where(Outbox.id == row.id, Outbox.status == "pending")
+                    .values(status="sending", locked_by=self.worker_id, locked_until=now + LOCK_FOR)
+                )
+                if getattr(res, "rowcount", 0) == 1:
+                    chosen.append(row)
+                if len(chosen) >= limit:
+                    break
+            return chosen
+
+    async def run_once(self, limit: int = 50) -> int:
+        """One pass: claim due rows (one per target) and send them concurrently."""
+        now = self.clock.now()
+        rows = await self._claim(now, limit)
+        if not rows:
+            return 0
+        await asyncio.gather(*(self._deliver(row) for row in rows))
+        return len(rows)
+
+    async def drain(self, max_passes: int = 1000) -> int:
+        """Send everything that is due now (tests and one-shot tools)."""
+        total = 0
+        for _ in range(max_passes):
+            n = await self.run_once()
+            if n == 0:
+                break
+            total += n
+        return total
+
+    async def _item(self, row: Outbox) -> OutboxItem:
+        item = OutboxItem(
+            id=row.id,
+            channel=row.channel,
+            target=row.target,
+            kind=row.kind,
+            payload=dict(row.payload or {}),
+            attempts=row.attempts,
+            ticket_id=row.ticket_id,
+        )
+        if row.kind in TICKET_KINDS and row.ticket_id is not None:
+            async with self.db.transaction() as s:
+                ticket = await s.get(Ticket, row.ticket_id)
+                if ticket is not None:
+                    item.card = await build_card(s, self.desk, ticket, self.clock.now())
+                links = await s.execute(
+                    select(MessageLink)
+                    .where(
+                        MessageLink.ticket_id == row.ticket_id,
+                        MessageLink.channel == row.channel,
+                        MessageLink.chat_key == row.target,
+                    )
+                    .order_by(MessageLink.id)
+                )
+                for link in links.scalars():
+                    item.links.setdefault(link.role, []).append(link.message_key)
+        return item
+
+    async def _deliver(self, row: Outbox) -> None:
+        sender = self.senders[row.channel]
+        try:
+            item = await self._item(row)
+            result = await sender.send(item)
+        except Exception as exc:  # a sender bug must not lose the row
+            log.exception("sender %s failed on outbox row %s", row.channel, row.id)
+            result = SendResult(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
+        await self._record(row, result)
+
+    async def _record(self, row: Outbox, result: SendResult) -> None:
+        now = self.clock.now()
+        async with self.db.transaction() as s:
+            if result.ok:
+                await s.execute(
+                    update(Outbox)
+                    .where(Outbox.id == row.id)
+                    .values(
+                        status="sent",
+                        sent_at=now,
+                        locked_by=None,
+                        locked_until=None,
+                        attempts=row.attempts + 1,
+                        last_error=None,
+                    )
+                )
+                if result.drop_roles and row.ticket_id is not None:
+                    for link in (
+                        await s.execute(
+                            select(MessageLink).where(
+                                MessageLink.ticket_id == row.ticket_id,
+                                MessageLink.channel == row.channel,
+                                MessageLink.chat_key == row.target,
+                                MessageLink.role.in_(result.drop_roles),
+                            )
+                        )
+                    ).scalars():
+                        await s.delete(link)
+                if row.ticket_id is not None:
+                    for role, key, tm_id in result.links:
+                        s.add(
+                            MessageLink(
+                                ticket_id=row.ticket_id,
+                                ticket_message_id=tm_id,
+                                role=role,
+                                channel=row.channel,
+                                chat_key=row.target,
+                                message_key=key,
+                                created_at=now,
+                            )
+                        )
+                return
+            attempts = row.attempts + 1
+            if result.permanent or attempts >= MAX_ATTEMPTS:
+                await s.execute(
+                    update(Outbox)
+                    .where(Outbox.id == row.id)
+                    .values(
+                        status="failed",
+                        attempts=attempts,
+                        last_error=result.error[:2000],
+                        locked_by=None,
+                        locked_until=None,
+                    )
+                )
+                await log_event(
+                    s,
+                    "delivery_failed",
+                    actor="outbox",
+                    at=now,
+                    ticket_id=row.ticket_id,
+                    channel=row.channel,
+                    kind=row.kind,
+                    error=result.error[:300],
+                )
+                if result.unreachable and row.kind == "message":
+                    await self.desk.mark_unreachable(s, row.channel, row.target, result.error, now)
+                return
+            delay = result.retry_after if result.retry_after is not None else backoff(attempts)
+            await s.execute(
+                update(Outbox)
+                .where(Outbox.id == row.id)
+                .values(
+                    status="pending",
+                    attempts=attempts,
+                    last_error=result.error[:2000],
+                    next_attempt_at=now + timedelta(seconds=delay),
+                    locked_by=None,
+                    locked_until=None,
+                )
+            )
+
+
+async def outbox_stats(db: Database, now: datetime) -> dict[str, Any]:
+    """Pending/failed counts and the age of the oldest unsent row (the outbox lag)."""
+    async with db.transaction() as s:
+        rows = (
+            await s.execute(
+                select(Outbox.status, func.count(), func.min(Outbox.created_at)).group_by(
+                    Outbox.status
+                )
+            )
+        ).all()
+        oldest = (
+            await s.execute(
+                select(func.min(Outbox.created_at)).where(
+                    or_(Outbox.status == "pending", Outbox.status == "sending")
+                )
+            )
+        ).scalar_one_or_none()
+    counts = {status: int(n) for status, n, _ in rows}
+    lag = (now - oldest).total_seconds() if oldest is not None else 0.0
+    return {"counts": counts, "lag_seconds": max(lag, 0.0)}

@@ -1,0 +1,132 @@
+"""Small data-access helpers. They never commit: the caller's unit of work does."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.domain import UserRef
+from bot.storage.models import Counter, Event, Outbox, ProcessedEvent, User
+
+
+async def claim_event(s: AsyncSession, channel: str, event_id: str, now: datetime) -> bool:
+    """Record a platform event id; ``False`` if it was already processed (a re-delivery)."""
+    try:
+        async with s.begin_nested():
+            await s.execute(
+                insert(ProcessedEvent).values(channel=channel, event_id=event_id, processed_at=now)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def log_event(
+    s: AsyncSession,
+    kind: str,
+    *,
+    actor: str,
+    at: datetime,
+    ticket_id: int | None = None,
+    conversation_id: int | None = None,
+    **data: Any,
+) -> None:
+    """Append to the event log (who, when, what)."""
+    s.add(
+        Event(
+            at=at,
+            kind=kind,
+            actor=actor,
+            ticket_id=ticket_id,
+            conversation_id=conversation_id,
+            data=data,
+        )
+    )
+
+
+async def enqueue(
+    s: AsyncSession,
+    *,
+    channel: str,
+    target: str,
+    kind: str,
+    payload: dict[str, Any],
+    now: datetime,
+    ticket_id: int | None = None,
+) -> Outbox:
+    """Queue a platform call; it is sent after the unit of work commits."""
+    row = Outbox(
+        channel=channel,
+        target=target,
+        kind=kind,
+        payload=payload,
+        ticket_id=ticket_id,
+        status="pending",
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    s.add(row)
+    return row
+
+
+async def next_value(s: AsyncSession, name: str, start: int) -> int:
+    """The next number of a named sequence, starting at ``start``."""
+    for _ in range(3):
+        res = await s.execute(
+            update(Counter)
+            .where(Counter.name == name)
+            .values(value=Counter.value + 1)
+            .returning(Counter.value)
+        )
+        value = res.scalar_one_or_none()
+        if value is not None:
+            return int(value)
+        try:
+            async with s.begin_nested():
+                await s.execute(insert(Counter).values(name=name, value=start))
+            return start
+        except IntegrityError:
+            continue  # another process created it first; increment theirs
+    raise RuntimeError(f"could not allocate a value of counter {name!r}")
+
+
+async def get_or_create_user(s: AsyncSession, ref: UserRef, now: datetime) -> User:
+    """The user row for ``ref``, created or refreshed (name, username, platform language)."""
+    user = (
+        await s.execute(
+            select(User).where(User.channel == ref.channel, User.external_id == ref.user_id)
+        )
+    ).scalar_one_or_none()
+    if user is None:
+        user = User(
+            channel=ref.channel,
+            external_id=ref.user_id,
+            display_name=ref.display_name[:200],
+            username=ref.username,
+            platform_language=ref.language_code,
+            unreachable=False,
+            banned=False,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(user)
+        await s.flush()
+        return user
+    changed = False
+    if ref.display_name and user.display_name != ref.display_name[:200]:
+        user.display_name = ref.display_name[:200]
+        changed = True
+    if ref.username and user.username != ref.username:
+        user.username = ref.username
+        changed = True
+    if ref.language_code and user.platform_language != ref.language_code:
+        user.platform_language = ref.language_code
+        changed = True
+    if changed:
+        user.updated_at = now
+    return user

@@ -1,0 +1,1 @@
+"""Tickets, the L2 desk, SLA policies, business-hours maths, timers and the digest."""

@@ -1,0 +1,92 @@
+"""The customer directory: platform user -> organisation -> license tier.
+
+Loaded from ``customers.yaml``; ``firstline customers import`` adds entries to the database,
+which win over the file. Unknown users get the SLA config's default tier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from config.problems import Problem
+from config.yamlfile import load_yaml
+
+PLATFORMS = ("telegram", "slack", "console", "memory")
+
+
+@dataclass(frozen=True)
+class CustomerEntry:
+    """Which organisation a platform user belongs to, and its tier."""
+
+    organisation: str
+    tier: str
+
+
+@dataclass
+class CustomerDirectory:
+    """Lookup of ``(platform, user_id)`` in the bundled or admin-provided file."""
+
+    entries: dict[tuple[str, str], CustomerEntry] = field(default_factory=dict)
+
+    def lookup(self, platform: str, user_id: str) -> CustomerEntry | None:
+        """The entry for the user, if the directory knows them."""
+        return self.entries.get((platform, user_id))
+
+
+def load_customers(
+    path: Path, tiers: set[str] | None
+) -> tuple[CustomerDirectory | None, list[Problem]]:
+    """Read ``customers.yaml``; a missing file is an empty directory, not an error."""
+    if not path.exists():
+        return CustomerDirectory(), []
+    doc, problems = load_yaml(path)
+    if doc is None:
+        return None, problems
+    directory = CustomerDirectory()
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        return None, [doc.problem((), "expected a mapping with an 'organisations' list")]
+    orgs = data.get("organisations", [])
+    if not isinstance(orgs, list):
+        return None, [doc.problem(("organisations",), "expected a list")]
+    seen: dict[tuple[str, str], str] = {}
+    for i, org in enumerate(orgs):
+        base: tuple[str | int, ...] = ("organisations", i)
+        if not isinstance(org, dict):
+            problems.append(doc.problem(base, "expected a mapping"))
+            continue
+        name = org.get("name") or org.get("id")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(doc.problem((*base, "name"), "missing organisation name"))
+            continue
+        tier = org.get("tier")
+        if not isinstance(tier, str) or (tiers is not None and tier not in tiers):
+            known = ", ".join(sorted(tiers)) if tiers else "?"
+            problems.append(doc.problem((*base, "tier"), f"unknown tier {tier!r} (known: {known})"))
+            continue
+        members = org.get("members", [])
+        if not isinstance(members, list):
+            problems.append(doc.problem((*base, "members"), "expected a list"))
+            continue
+        for j, m in enumerate(members):
+            mpath = (*base, "members", j)
+            if not isinstance(m, dict):
+                problems.append(doc.problem(mpath, "expected {platform: ..., user_id: ...}"))
+                continue
+            platform, user_id = m.get("platform"), m.get("user_id")
+            if platform not in PLATFORMS:
+                problems.append(doc.problem((*mpath, "platform"), f"unknown platform {platform!r}"))
+                continue
+            if user_id is None or str(user_id).strip() == "":
+                problems.append(doc.problem((*mpath, "user_id"), "missing user_id"))
+                continue
+            key = (str(platform), str(user_id))
+            if key in seen:
+                problems.append(
+                    doc.problem(mpath, f"{platform}:{user_id} is already a member of {seen[key]}")
+                )
+                continue
+            seen[key] = name
+            directory.entries[key] = CustomerEntry(organisation=name, tier=tier)
+    return directory, problems

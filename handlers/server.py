@@ -1,0 +1,125 @@
+"""The long-running bot process: platform channels, one HTTP server, timers, the outbox.
+
+``firstline run`` with a platform token lands here. Every platform channel plugs in the
+same way (:class:`PlatformChannel`): it may mount routes on the one aiohttp server, it
+starts its intake (long polling, Socket Mode...), and it gives the outbox a sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC
+from typing import Protocol
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.app import App
+from bot.clock import Clock
+from bot.outbox import Sender, outbox_stats
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class PlatformChannel(Protocol):
+    """A platform adapter as the server sees it."""
+
+    name: str
+
+    @property
+    def sender(self) -> Sender:
+        """Delivers this platform's outbox rows."""
+        ...
+
+    def mount(self, web_app: web.Application) -> None:
+        """Add HTTP routes (webhooks) to the shared server, if the channel uses any."""
+        ...
+
+    async def start(self) -> None:
+        """Begin intake (polling, sockets); must return once started."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop intake; in-flight updates finish first."""
+        ...
+
+
+def build_channels(app: App) -> list[PlatformChannel]:
+    """The channels the settings ask for (imported lazily: the SDKs stay optional to load)."""
+    channels: list[PlatformChannel] = []
+    settings = app.settings
+    if settings.telegram.bot_token is not None:
+        from handlers.telegram import TelegramChannel
+
+        channels.append(TelegramChannel(app))
+    if settings.slack.bot_token is not None:
+        from handlers.slack import SlackChannel
+
+        channels.append(SlackChannel(app))
+    return channels
+
+
+def build_web(app: App) -> web.Application:
+    """The HTTP server with the health endpoint; channels add their routes."""
+    web_app = web.Application(client_max_size=8 * 1024 * 1024)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        try:
+            stats = await outbox_stats(app.db, app.clock.now())
+        except Exception as exc:  # the database is down: say so, with 503
+            return web.json_response({"status": "error", "error": type(exc).__name__}, status=503)
+        return web.json_response({"status": "ok", "outbox": stats})
+
+    web_app.router.add_get("/healthz", healthz)
+    return web_app
+
+
+async def serve(
+    settings: Settings,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (or ``stop``); shut down gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    app = await App.create(settings, clock)
+    channels = build_channels(app)
+    web_app = build_web(app)
+    for ch in channels:
+        ch.mount(web_app)
+    dispatcher = app.dispatcher({ch.name: ch.sender for ch in channels})
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    app.timers.attach(scheduler)
+    app.timers.after_fire = dispatcher.wake
+    runner = web.AppRunner(web_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http.host, settings.http.port)
+    await site.start()
+    log.info("HTTP server on %s:%s", settings.http.host, settings.http.port)
+    scheduler.start()
+    await app.timers.sweep()  # whatever came due while we were down
+    delivery = asyncio.create_task(dispatcher.run_forever(stop), name="outbox")
+    try:
+        for ch in channels:
+            await ch.start()
+            log.info("%s channel started", ch.name)
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        for ch in channels:
+            with contextlib.suppress(Exception):
+                await ch.stop()
+        stop.set()
+        with contextlib.suppress(Exception):
+            await delivery
+        scheduler.shutdown(wait=False)
+        await runner.cleanup()
+        await app.close()
