@@ -1,0 +1,264 @@
+"""Banking77 benchmark for the KB matcher (the same code path the bot uses).
+
+    .venv/bin/python benchmarks/kb_banking77.py [--data DIR] [--quick] [--calibrate]
+
+Builds a KB of 77 articles (one per intent; title = the intent name) from train.csv with
+K = 3, 10 and all phrasings per intent (3 seeds), and evaluates the 3,080 test questions:
+top-1/top-3 accuracy, precision and rate of "answer" decisions; out of scope with 15
+intents removed from the KB (their questions must get "none"); p50/p99 query latency at
+10k and 100k phrasings (100k = every phrasing ×10); index build time and memory.
+
+``--calibrate`` tunes the decision thresholds on a split of the *training* set only
+(K phrasings in the KB, the rest of train as questions), never on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kb.articles import Article  # noqa: E402
+from kb.matcher import MatchSettings  # noqa: E402
+from kb.service import KnowledgeBase  # noqa: E402
+
+Rows = list[tuple[str, str]]
+
+
+def load_rows(path: Path) -> Rows:
+    """(text, intent) rows of a Banking77 CSV."""
+    with path.open(encoding="utf-8", newline="") as fh:
+        return [(r["text"], r["category"]) for r in csv.DictReader(fh)]
+
+
+def by_intent(rows: Rows) -> dict[str, list[str]]:
+    """Phrasings grouped by intent, in file order."""
+    out: dict[str, list[str]] = {}
+    for text, intent in rows:
+        out.setdefault(intent, []).append(text)
+    return out
+
+
+def sample(train: Rows, k: int | None, seed: int) -> tuple[dict[str, list[str]], Rows]:
+    """K phrasings per intent for the KB (None = all) and the rest of train."""
+    rnd = random.Random(seed)
+    kb: dict[str, list[str]] = {}
+    rest: Rows = []
+    for intent, texts in sorted(by_intent(train).items()):
+        shuffled = texts[:]
+        rnd.shuffle(shuffled)
+        cut = len(shuffled) if k is None else k
+        kb[intent] = shuffled[:cut]
+        rest += [(t, intent) for t in shuffled[cut:]]
+    return kb, rest
+
+
+def make_articles(kb: dict[str, list[str]], repeat: int = 1) -> list[Article]:
+    """One in-memory article per intent (title = intent name)."""
+    return [
+        Article(
+            id=intent,
+            title=intent.replace("_", " "),
+            category="banking",
+            lang="en",
+            questions=tuple(q for q in texts for _ in range(repeat)),
+            body=f"Answer for {intent}.",
+            tags=(),
+            links=(),
+            path=f"<memory>/{intent}.md",
+            line=1,
+        )
+        for intent, texts in kb.items()
+    ]
+
+
+@dataclass
+class Outcome:
+    """Per-question result: the gold intent, the decision and the ranked ids."""
+
+    gold: str
+    decision: str
+    ids: tuple[str, ...]
+    scores: tuple[float, ...]
+
+
+def run_queries(kb: KnowledgeBase, rows: Rows) -> list[Outcome]:
+    """Search every question."""
+    out = []
+    for text, gold in rows:
+        r = kb.search(text, "en")
+        out.append(
+            Outcome(gold, r.decision, tuple(x.article.id for x in r.results),
+                    tuple(x.score for x in r.results))
+        )
+    return out
+
+
+def accuracy(outcomes: Sequence[Outcome]) -> dict[str, float]:
+    """top-1, top-3, answer precision and rate, none rate."""
+    n = len(outcomes)
+    answered = [o for o in outcomes if o.decision == "answer"]
+    return {
+        "top1": sum(bool(o.ids) and o.ids[0] == o.gold for o in outcomes) / n,
+        "top3": sum(o.gold in o.ids[:3] for o in outcomes) / n,
+        "ans_prec": (sum(o.ids[0] == o.gold for o in answered) / len(answered))
+        if answered else float("nan"),
+        "ans_rate": len(answered) / n,
+        "none_rate": sum(o.decision == "none" for o in outcomes) / n,
+    }
+
+
+def oos_scores(outcomes: Sequence[Outcome], held_out: set[str]) -> dict[str, float]:
+    """OOS recall; in-scope top-1 (ranking) and in-scope accuracy counting "none" as wrong."""
+    oos = [o for o in outcomes if o.gold in held_out]
+    ins = [o for o in outcomes if o.gold not in held_out]
+    return {
+        "oos_recall": sum(o.decision == "none" for o in oos) / len(oos),
+        "in_top1": sum(bool(o.ids) and o.ids[0] == o.gold for o in ins) / len(ins),
+        "in_acc": sum(o.decision != "none" and o.ids[0] == o.gold for o in ins) / len(ins),
+    }
+
+
+def held_out_intents(intents: Sequence[str], seed: int, n: int = 15) -> set[str]:
+    """The intents removed from the KB for the out-of-scope test."""
+    return set(random.Random(1000 + seed).sample(sorted(intents), n))
+
+
+def build(articles: list[Article], settings: MatchSettings) -> tuple[KnowledgeBase, float]:
+    """A KB and its build time in seconds."""
+    t0 = time.perf_counter()
+    kb = KnowledgeBase.from_articles(articles, settings=settings)
+    return kb, time.perf_counter() - t0
+
+
+def latency(kb: KnowledgeBase, questions: Sequence[str]) -> tuple[float, float]:
+    """p50 and p99 of one search, in milliseconds."""
+    times = []
+    for q in questions:
+        t0 = time.perf_counter()
+        kb.search(q, "en")
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+def fmt(x: float) -> str:
+    """Three decimals, or n/a."""
+    return "n/a" if x != x else f"{x:.3f}"
+
+
+def calibrate(train: Rows, settings: MatchSettings, seeds: int) -> None:
+    """Print threshold choices measured on train splits only (K=10, 15 intents out)."""
+    intents = sorted(by_intent(train))
+    for weight in (0.4, 0.5, 0.6, 0.7):
+        st = replace(settings, model_weight=weight)
+        feats: list[tuple[float, float, bool, bool]] = []  # s1, s2, correct, oos
+        for seed in range(seeds):
+            kb_rows, rest = sample(train, 10, seed)
+            held = held_out_intents(intents, seed)
+            kb, _ = build(make_articles({k: v for k, v in kb_rows.items() if k not in held}), st)
+            dev = random.Random(7 + seed).sample(rest, 1500)
+            for o in run_queries(kb, dev):
+                s1 = o.scores[0] if o.scores else 0.0
+                s2 = o.scores[1] if len(o.scores) > 1 else 0.0
+                feats.append((s1, s2, bool(o.ids) and o.ids[0] == o.gold, o.gold in held))
+        ins = [f for f in feats if not f[3]]
+        oos = [f for f in feats if f[3]]
+        print(f"model_weight={weight}: in-scope top-1 {sum(f[2] for f in ins) / len(ins):.3f}")
+        # The suggest threshold: the lowest that sends >= 80% of OOS questions to "none".
+        for target in (0.6, 0.7, 0.8):
+            oos_s1 = sorted(f[0] for f in oos)
+            thr = oos_s1[int(len(oos_s1) * target)]
+            kept = sum(f[2] and f[0] >= thr for f in ins) / len(ins)
+            print(f"  suggest>={thr:.3f}: OOS recall {target:.2f}, in-scope acc {kept:.3f}")
+        best: tuple[float, float, float, float] | None = None
+        for a in [x / 100 for x in range(20, 90, 2)]:
+            for m in [x / 100 for x in range(0, 40, 2)]:
+                picked = [f for f in feats if f[0] >= a and f[0] - f[1] >= m]
+                if len(picked) < 50:
+                    continue
+                prec = sum(f[2] and not f[3] for f in picked) / len(picked)
+                rate = len(picked) / len(feats)
+                if prec >= 0.97 and (best is None or rate > best[3]):
+                    best = (a, m, prec, rate)
+        if best:
+            print(f"  answer>={best[0]:.2f} margin>={best[1]:.2f}: precision {best[2]:.3f}, "
+                  f"answer rate {best[3]:.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the benchmark and print its tables."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/banking77")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="one seed, K=10 only, small latency")
+    ap.add_argument("--calibrate", action="store_true", help="tune thresholds on train only")
+    args = ap.parse_args(argv)
+    train = load_rows(args.data / "train.csv")
+    test = load_rows(args.data / "test.csv")
+    settings = MatchSettings()
+    seeds = 1 if args.quick else args.seeds
+    if args.calibrate:
+        calibrate(train, settings, seeds)
+        return
+    print(f"Banking77: {len(train)} train, {len(test)} test questions; {settings}\n")
+    print(f"{'K':>5} {'seeds':>5} {'top1':>6} {'top3':>6} {'ans_prec':>8} {'ans_rate':>8} "
+          f"{'none':>6} {'build_s':>7}")
+    ks: list[int | None] = [10] if args.quick else [3, 10, None]
+    for k in ks:
+        runs = []
+        builds = []
+        for seed in range(seeds):
+            kb_rows, _ = sample(train, k, seed)
+            kb, secs = build(make_articles(kb_rows), settings)
+            builds.append(secs)
+            runs.append(accuracy(run_queries(kb, test)))
+        avg = {key: statistics.fmean(r[key] for r in runs) for key in runs[0]}
+        print(f"{'all' if k is None else k:>5} {seeds:>5} {fmt(avg['top1']):>6} "
+              f"{fmt(avg['top3']):>6} {fmt(avg['ans_prec']):>8} {fmt(avg['ans_rate']):>8} "
+              f"{fmt(avg['none_rate']):>6} {statistics.fmean(builds):>7.2f}")
+    print("\nOut of scope: K=10, 15 intents removed from the KB")
+    print(f"{'seed':>5} {'oos_recall':>10} {'in_top1':>8} {'in_acc':>7}")
+    intents = sorted(by_intent(train))
+    oos_runs = []
+    for seed in range(seeds):
+        kb_rows, _ = sample(train, 10, seed)
+        held = held_out_intents(intents, seed)
+        kb, _ = build(make_articles({k: v for k, v in kb_rows.items() if k not in held}),
+                      settings)
+        r = oos_scores(run_queries(kb, test), held)
+        oos_runs.append(r)
+        print(f"{seed:>5} {fmt(r['oos_recall']):>10} {fmt(r['in_top1']):>8} {fmt(r['in_acc']):>7}")
+    print(f"{'mean':>5} " + " ".join(
+        f"{fmt(statistics.fmean(r[k] for r in oos_runs)):>{w}}"
+        for k, w in (("oos_recall", 10), ("in_top1", 8), ("in_acc", 7))
+    ))
+    print("\nScale (all phrasings; 100k = each phrasing repeated 10 times)")
+    print(f"{'phrasings':>9} {'build_s':>7} {'peak_MB':>7} {'p50_ms':>7} {'p99_ms':>7}")
+    kb_rows, _ = sample(train, None, 0)
+    questions = [t for t, _ in test][: 300 if args.quick else 2000]
+    for repeat in (1, 10):
+        articles = make_articles(kb_rows, repeat)
+        n = sum(len(a.questions) for a in articles)
+        kb, secs = build(articles, settings)  # timed without tracemalloc's overhead
+        tracemalloc.start()
+        build(articles, settings)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        latency(kb, questions[:50])  # warm-up
+        p50, p99 = latency(kb, questions)
+        print(f"{n:>9} {secs:>7.2f} {peak:>7.0f} {p50:>7.2f} {p99:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

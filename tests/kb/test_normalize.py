@@ -1,0 +1,39 @@
+from kb.normalize import fix_layout, script_lang, stem, tokens
+
+
+def test_tokens_fold_case_yo_punctuation_emoji_and_stop_words() -> None:
+    assert tokens("Ёлка!!! 😀 Как ПОМЕНЯТЬ пароль?") == tokens("елка как поменять пароль")
+    assert "парол" in tokens("ПАРОЛЬ, пароля, паролем")
+    assert tokens("I can't log in to my account") == ["cant", "log", "account"]
+
+
+def test_word_forms_share_a_stem() -> None:
+    assert stem("паролем") == stem("пароль")
+    assert stem("connecting") == stem("connected")
+
+
+def test_negation_is_kept() -> None:
+    assert "не" in tokens("не работает")
+    assert "not" in tokens("it is not working")
+
+
+def test_layout_ru_typed_in_en_layout() -> None:
+    vocab = {stem("привет"), stem("пароль"), stem("забыл")}
+    assert fix_layout("ghbdtn", vocab) == "привет"
+    assert fix_layout("pf,sk gfhjkm", vocab) == "забыл пароль"
+
+
+def test_layout_en_typed_in_ru_layout() -> None:
+    assert fix_layout("руддщ", {stem("hello")}) == "hello"
+
+
+def test_layout_leaves_real_words_alone() -> None:
+    vocab = {stem("wifi"), stem("роутер")}
+    assert fix_layout("wifi роутер", vocab) == "wifi роутер"
+    assert fix_layout("qzxv", vocab) == "qzxv"  # unknown either way: unchanged
+
+
+def test_script_lang() -> None:
+    assert script_lang("Привет, VPN") == "ru"
+    assert script_lang("hello") == "en"
+    assert script_lang("123 !!") is None
