@@ -36,6 +36,12 @@ sla_app = typer.Typer(help="SLA tools.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tickets_app, name="tickets")
 app.add_typer(sla_app, name="sla")
+kb_app = typer.Typer(help="Knowledge base: check, search, gaps, drafts.", no_args_is_help=True)
+drafts_app = typer.Typer(help="KB drafts saved by L2.", invoke_without_command=True)
+customers_app = typer.Typer(help="The customer directory.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+kb_app.add_typer(drafts_app, name="drafts")
+app.add_typer(customers_app, name="customers")
 
 ConfigOpt = Annotated[
     Path | None,
@@ -343,6 +349,226 @@ def sla_explain(number: str) -> None:
                 typer.echo(f"  {line}")
         if tk.first_response_at is not None:
             typer.echo(f"\nfirst response given at {tk.first_response_at.isoformat()}")
+
+    with_app(go)
+
+
+# ---------------------------------------------------------------------- KB
+
+
+def _kb_only() -> Any:
+    """The KB as the bot loads it, without a database (categories from content if valid)."""
+    from bot.app import match_settings
+    from config.categories import load_categories
+    from kb.service import KnowledgeBase
+
+    settings = settings_or_exit()
+    cats, _ = load_categories(settings.content.path("categories"))
+    return KnowledgeBase(
+        settings.kb.folder(),
+        categories={c.id for c in cats} or None,
+        category_keywords={c.id: dict(c.keywords) for c in cats},
+        settings=match_settings(settings),
+    )
+
+
+@kb_app.command("check")
+def kb_check() -> None:
+    """Validate every article: fields, duplicate ids, unknown categories, colliding phrasings."""
+    from kb.cli_support import check_lines
+
+    kb = _kb_only()
+    for line in check_lines(kb.problems):
+        typer.echo(line, err=bool(kb.problems))
+    if kb.problems:
+        raise typer.Exit(2)
+    typer.echo(f"OK: {len(kb.articles)} articles")
+
+
+@kb_app.command("search")
+def kb_search(
+    question: Annotated[
+        str | None, typer.Argument(help="Omit to read questions from stdin.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per question.")] = False,
+    lang: Annotated[str | None, typer.Option(help="Prefer articles in this language.")] = None,
+) -> None:
+    """Print the matcher's decision and the top 3 articles with scores."""
+    from kb.cli_support import search_lines
+
+    kb = _kb_only()
+    if kb.problems:
+        typer.echo(
+            f"warning: the KB has {len(kb.problems)} problem(s); `firstline kb check` lists them",
+            err=True,
+        )
+    questions = [question] if question is not None else (line for line in sys.stdin)
+    for line in search_lines(kb, questions, as_json, lang):
+        typer.echo(line)
+
+
+@kb_app.command("gaps")
+def kb_gaps(
+    min_count: Annotated[int, typer.Option(help="Smallest group to list.")] = 2,
+    days: Annotated[int, typer.Option(help="Look back this many days.")] = 30,
+) -> None:
+    """Frequent questions with no good match or a "didn't help", grouped by similarity."""
+    from datetime import timedelta
+
+    from bot.storage.models import KbImpression, KbQuery
+    from kb.cli_support import gaps_lines
+    from kb.gaps import find_gaps
+
+    async def go(a: App) -> None:
+        since = a.clock.now() - timedelta(days=days)
+        async with a.db.transaction() as s:
+            none = (
+                (
+                    await s.execute(
+                        select(KbQuery.query).where(KbQuery.decision == "none", KbQuery.at >= since)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            failed = (
+                (
+                    await s.execute(
+                        select(KbImpression.query).where(
+                            KbImpression.verdict == "not_helped", KbImpression.shown_at >= since
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        questions = [(q, "no_match") for q in none] + [(q, "not_helped") for q in failed]
+        clusters = find_gaps(questions, min_count=min_count)
+        if not clusters:
+            typer.echo("no gaps found")
+        for line in gaps_lines(clusters):
+            typer.echo(line)
+
+    with_app(go)
+
+
+@drafts_app.callback()
+def drafts_list(ctx: typer.Context) -> None:
+    """List KB drafts waiting for approval."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from bot.storage.models import KbDraft
+
+    async def go(a: App) -> None:
+        async with a.db.transaction() as s:
+            rows = (
+                (
+                    await s.execute(
+                        select(KbDraft).where(KbDraft.status == "draft").order_by(KbDraft.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        if not rows:
+            typer.echo("no drafts")
+        for d in rows:
+            typer.echo(
+                f"#{d.id} [{d.lang}/{d.category or '-'}] Q: {d.question[:80]}\n"
+                f"    A: {d.answer[:200]}"
+            )
+
+    with_app(go)
+
+
+@drafts_app.command("approve")
+def drafts_approve(
+    draft_id: int,
+    title: Annotated[
+        str | None, typer.Option(help="Article title (default: the question).")
+    ] = None,
+) -> None:
+    """Turn a draft into a KB article file (picked up by the running bot automatically)."""
+    from bot.storage.models import KbDraft
+    from kb.drafts import write_article
+
+    async def go(a: App) -> None:
+        async with a.db.transaction() as s:
+            d = await s.get(KbDraft, draft_id)
+            if d is None or d.status != "draft":
+                typer.echo(f"no pending draft #{draft_id}", err=True)
+                raise typer.Exit(1)
+            category = d.category or "other"
+            path = write_article(
+                a.content.kb_dir,
+                draft_id=d.id,
+                question=d.question,
+                answer=d.answer,
+                category=category,
+                lang=d.lang,
+                title=title,
+            )
+            d.status = "approved"
+            d.article_path = str(path)
+            d.decided_at = a.clock.now()
+        typer.echo(f"article written: {path}")
+
+    with_app(go)
+
+
+@drafts_app.command("reject")
+def drafts_reject(draft_id: int) -> None:
+    """Discard a draft."""
+    from bot.storage.models import KbDraft
+
+    async def go(a: App) -> None:
+        async with a.db.transaction() as s:
+            d = await s.get(KbDraft, draft_id)
+            if d is None or d.status != "draft":
+                typer.echo(f"no pending draft #{draft_id}", err=True)
+                raise typer.Exit(1)
+            d.status = "rejected"
+            d.decided_at = a.clock.now()
+        typer.echo(f"draft #{draft_id} rejected")
+
+    with_app(go)
+
+
+# ---------------------------------------------------------------------- customers and status
+
+
+@customers_app.command("import")
+def customers_import(path: Path) -> None:
+    """Import directory entries: the customers.yaml shape, or a CSV with the columns
+    platform,user_id,organisation,tier. Imported entries win over the file."""
+    from escalation.customers import import_rows
+
+    async def go(a: App) -> None:
+        try:
+            rows = import_rows(path, set(a.content.sla.tiers))
+        except ContentError as exc:
+            fail(exc.problems)
+        n = await a.desk.import_customers(rows)
+        typer.echo(f"imported {n} directory entries")
+
+    with_app(go)
+
+
+@app.command()
+def status() -> None:
+    """Outbox lag and failures, open tickets by state."""
+    from sqlalchemy import func
+
+    from bot.outbox import outbox_stats
+
+    async def go(a: App) -> None:
+        stats = await outbox_stats(a.db, a.clock.now())
+        async with a.db.transaction() as s:
+            by_state = (
+                await s.execute(select(Ticket.status, func.count()).group_by(Ticket.status))
+            ).all()
+        typer.echo(f"outbox: {stats['counts']}, lag {stats['lag_seconds']:.1f}s")
+        typer.echo("tickets: " + (", ".join(f"{st}={n}" for st, n in by_state) or "none"))
 
     with_app(go)
 

@@ -290,6 +290,8 @@ class DialogEngine:
                 await self._problem_text(turn, args.strip())
         elif command == "help":
             await self.say(turn, t("help", lang))
+        elif command == "resume":
+            await self._resume(turn, greet=args.strip() == "greet")
         elif command == "new":
             await self._new_request(turn)
         elif command == "status":
@@ -314,6 +316,56 @@ class DialogEngine:
                 )
         else:
             await self.say(turn, t("help", lang))
+
+    async def _resume(self, turn: Turn, *, greet: bool) -> None:
+        """Show the current question again (a client that restarted lost its buttons);
+        with nothing pending, greet if asked to."""
+        conv = turn.conv
+        state = conv.state
+        if state in (IDLE, DONE):
+            if greet:
+                await self._greet(turn)
+            return
+        cat = self.content.categories.get(conv.category or "")
+        if state == CHECKLIST and cat is not None and (step := cat.step(conv.step or "")):
+            await self._show_step(turn, cat, step)
+        elif state == KB_ANSWER:
+            nonce = self.new_prompt(turn)
+            await self.say(
+                turn,
+                t("kb_helped_q", turn.lang),
+                [
+                    [
+                        self.button(nonce, t("btn_yes_solved", turn.lang), "kb:yes"),
+                        self.button(nonce, t("btn_no", turn.lang), "kb:no"),
+                    ]
+                ],
+            )
+        elif state == KB_SUGGEST:
+            nonce = self.new_prompt(turn)
+            rows = []
+            for i, article_id in enumerate(conv.data.get("suggested", [])):
+                article = self.kb.get(article_id)
+                if article is not None:
+                    rows.append([self.button(nonce, article.title[:60], f"kbp:{i}")])
+            rows.append([self.button(nonce, t("btn_none_of_these", turn.lang), "kbn:")])
+            await self.say(turn, t("kb_suggest", turn.lang), rows)
+        elif state == CHOOSE_CATEGORY:
+            nonce = self.new_prompt(turn)
+            await self.say(
+                turn, t("choose_category", turn.lang), self._category_buttons(turn, nonce)
+            )
+        elif state == DETAILS:
+            await self._details_ack(turn)
+        elif state == URGENCY:
+            await self._ask_urgency(turn)
+        elif state == CSAT:
+            nonce = self.new_prompt(turn)
+            buttons = [[self.button(nonce, str(i), f"csat:{i}") for i in range(1, 6)]]
+            await self.say(turn, t("csat_ask", turn.lang), buttons)
+        elif state == CONFIRM_CANCEL:
+            conv.state = TICKET
+            await self._cancel(turn)
 
     async def _greet(self, turn: Turn) -> None:
         name = turn.user.display_name.split(" ")[0] if turn.user.display_name else ""

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
 from bot.storage.db import Database
@@ -131,6 +132,7 @@ class Dispatcher:
                 .where(Outbox.status == "sending", Outbox.locked_until < now)
                 .values(status="pending", locked_by=None)
             )
+            await self._reclaim_from_dead_workers(s)
             channels = list(self.senders)
             rows = list(
                 (
@@ -167,6 +169,25 @@ class Dispatcher:
                 if len(chosen) >= limit:
                     break
             return chosen
+
+    async def _reclaim_from_dead_workers(self, s: AsyncSession) -> None:
+        """Rows locked by a process of this host that no longer runs go back at once.
+
+        Otherwise a killed process would hold its chat's queue until the lock expires.
+        """
+        host = self.worker_id.rsplit(":", 1)[0]
+        rows = await s.execute(
+            select(Outbox.locked_by)
+            .where(Outbox.status == "sending", Outbox.locked_by.like(f"{host}:%"))
+            .distinct()
+        )
+        dead = [w for w in rows.scalars() if w and w != self.worker_id and not _alive(w)]
+        if dead:
+            await s.execute(
+                update(Outbox)
+                .where(Outbox.status == "sending", Outbox.locked_by.in_(dead))
+                .values(status="pending", locked_by=None, locked_until=None)
+            )
 
     async def run_once(self, limit: int = 50) -> int:
         """One pass: claim due rows (one per target) and send them concurrently."""
@@ -287,7 +308,7 @@ class Dispatcher:
                     at=now,
                     ticket_id=row.ticket_id,
                     channel=row.channel,
-                    kind=row.kind,
+                    outbox_kind=row.kind,
                     error=result.error[:300],
                 )
                 if result.unreachable and row.kind == "message":
@@ -306,6 +327,20 @@ class Dispatcher:
                     locked_until=None,
                 )
             )
+
+
+def _alive(worker_id: str) -> bool:
+    """Whether the process named by a ``host:pid`` worker id still runs on this host."""
+    pid_s = worker_id.rsplit(":", 1)[-1]
+    if not pid_s.isdigit():
+        return True  # not ours to judge
+    try:
+        os.kill(int(pid_s), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def outbox_stats(db: Database, now: datetime) -> dict[str, Any]:

@@ -6,10 +6,12 @@ which win over the file. Unknown users get the SLA config's default tier.
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config.problems import Problem
+from config.problems import ContentError, Problem
 from config.yamlfile import load_yaml
 
 PLATFORMS = ("telegram", "slack", "console", "memory")
@@ -90,3 +92,47 @@ def load_customers(
             seen[key] = name
             directory.entries[key] = CustomerEntry(organisation=name, tier=tier)
     return directory, problems
+
+
+def import_rows(path: Path, tiers: set[str]) -> list[tuple[str, str, str, str]]:
+    """Rows ``(platform, user_id, organisation, tier)`` from a YAML directory file or a CSV
+    with those columns; raises :class:`ContentError` listing every bad line."""
+    if path.suffix.lower() == ".csv":
+        return _csv_rows(path, tiers)
+    directory, problems = load_customers(path, tiers)
+    if not path.exists():
+        problems = [Problem(str(path), None, "", "file not found")]
+    if directory is None or problems:
+        raise ContentError(problems)
+    return [(p, u, e.organisation, e.tier) for (p, u), e in directory.entries.items()]
+
+
+def _csv_rows(path: Path, tiers: set[str]) -> list[tuple[str, str, str, str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ContentError([Problem(str(path), None, "", f"cannot read: {exc}")]) from None
+    rows: list[tuple[str, str, str, str]] = []
+    problems: list[Problem] = []
+    reader = csv.DictReader(io.StringIO(text))
+    needed = {"platform", "user_id", "organisation", "tier"}
+    if not reader.fieldnames or not needed <= set(reader.fieldnames):
+        raise ContentError([Problem(str(path), 1, "", f"header must have {sorted(needed)}")])
+    for line_no, row in enumerate(reader, start=2):
+        platform, user_id = (row.get("platform") or "").strip(), (row.get("user_id") or "").strip()
+        org, tier = (row.get("organisation") or "").strip(), (row.get("tier") or "").strip()
+        if platform not in PLATFORMS:
+            problems.append(
+                Problem(str(path), line_no, "platform", f"unknown platform {platform!r}")
+            )
+        elif not user_id or not org:
+            problems.append(
+                Problem(str(path), line_no, "user_id", "user_id and organisation are required")
+            )
+        elif tier not in tiers:
+            problems.append(Problem(str(path), line_no, "tier", f"unknown tier {tier!r}"))
+        else:
+            rows.append((platform, user_id, org, tier))
+    if problems:
+        raise ContentError(problems)
+    return rows

@@ -144,6 +144,34 @@ class Desk:
             return entry.organisation, entry.tier
         return None, self.content.sla.default_tier
 
+    async def import_customers(self, rows: list[tuple[str, str, str, str]]) -> int:
+        """Upsert directory rows ``(platform, user_id, organisation, tier)``; they win over
+        the file. Tickets keep the tier fixed when they opened."""
+        now = self.clock.now()
+        async with self.db.transaction() as s:
+            for platform, user_id, org, tier in rows:
+                row = (
+                    await s.execute(
+                        select(Customer).where(
+                            Customer.channel == platform, Customer.external_id == user_id
+                        )
+                    )
+                ).scalar_one_or_none()
+                if row is None:
+                    s.add(
+                        Customer(
+                            channel=platform,
+                            external_id=user_id,
+                            organisation=org,
+                            tier=tier,
+                            updated_at=now,
+                        )
+                    )
+                else:
+                    row.organisation, row.tier, row.updated_at = org, tier, now
+            await log_event(s, "customers_imported", actor="admin", at=now, count=len(rows))
+        return len(rows)
+
     # ------------------------------------------------------------------ outbox helpers
 
     async def post(

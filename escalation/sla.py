@@ -166,10 +166,10 @@ class SlaService:
                 row.cancelled = True
         fired_kinds = {r.kind for r in rows if r.fired_at is not None}
         for key, p in want.items():
-            row = have.get(key)
-            if row is not None:
-                if row.cancelled and row.fired_at is None:
-                    row.cancelled = False
+            existing = have.get(key)
+            if existing is not None:
+                if existing.cancelled and existing.fired_at is None:
+                    existing.cancelled = False
                 continue
             is_warning = ":warn:" in p.kind
             if is_warning and p.due_at < now and (p.deadline <= now or p.kind in fired_kinds):

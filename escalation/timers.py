@@ -9,8 +9,8 @@ A periodic sweep fires whatever came due while no job was scheduled (a restart, 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import getpass
 import os
 import shlex
@@ -149,26 +150,21 @@ class ConsoleUser:
         text = line.strip()
         if not text:
             return None
-        base = {
-            "channel": CHANNEL,
-            "event_id": _event_id(),
-            "user": self.user,
-            "chat_id": self.chat_id,
-        }
+        base = functools.partial(UserEvent, CHANNEL, _event_id(), self.user, self.chat_id)
         if text.startswith("/attach"):
             path = text[len("/attach") :].strip()
             if not path:
-                return UserEvent(**base, kind="message", text="")
+                return base(kind="message", text="")
             att = Attachment(kind="document", file_id=path, name=Path(path).name, channel=CHANNEL)
-            return UserEvent(**base, kind="message", attachments=(att,))
+            return base(kind="message", attachments=(att,))
         if text.startswith("/") and len(text) > 1 and text[1].isalpha():
             command, _, args = text[1:].partition(" ")
-            return UserEvent(**base, kind="command", command=command.lower(), args=args)
+            return base(kind="command", command=command.lower(), args=args)
         if text.isdigit() and self.sender.buttons:
             i = int(text)
             if 1 <= i <= len(self.sender.buttons):
-                return UserEvent(**base, kind="button", data=self.sender.buttons[i - 1])
-        return UserEvent(**base, kind="message", text=text)
+                return base(kind="button", data=self.sender.buttons[i - 1])
+        return base(kind="message", text=text)
 
     async def handle_line(self, line: str) -> None:
         """Process one line and print every reply."""
@@ -191,7 +187,9 @@ class ConsoleUser:
                 "/help for commands; /attach PATH sends a file; Ctrl-D quits.\n"
                 "L2 side: run `firstline chat --as l2` in another terminal."
             )
-            await self.handle_line("/start")
+        # After a crash or a restart, show the pending question again with its buttons
+        # (on a terminal, greet when nothing is pending).
+        await self.handle_line("/resume greet" if interactive else "/resume")
         queue = await _read_lines(stream, interactive, "you> ")
         stop = asyncio.Event()
         poller = asyncio.create_task(self.dispatcher.run_forever(stop, poll_seconds=1.0))

@@ -7,6 +7,7 @@ destination received — no platform, no network, no sleeping.
 from __future__ import annotations
 
 import itertools
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,9 +72,11 @@ class MemoryChannel:
 
     def __post_init__(self) -> None:
         self.dispatcher = self.app.dispatcher({CHANNEL: self.sender})
+        # Ids unique per channel instance: a second instance is a new platform session.
+        self._prefix = uuid.uuid4().hex[:8]
 
     def _id(self) -> str:
-        return f"ev{next(self._seq)}"
+        return f"{self._prefix}-{next(self._seq)}"
 
     @staticmethod
     def user(name: str, lang: str = "en") -> UserRef:

@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,11 +17,16 @@ from bot.storage.models import Counter, Event, Outbox, ProcessedEvent, User
 
 async def claim_event(s: AsyncSession, channel: str, event_id: str, now: datetime) -> bool:
     """Record a platform event id; ``False`` if it was already processed (a re-delivery)."""
+    values = {"channel": channel, "event_id": event_id, "processed_at": now}
+    dialect = s.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        # ON CONFLICT DO NOTHING: no savepoint, no exception on the hot path.
+        ins = sqlite_insert if dialect == "sqlite" else pg_insert
+        res = await s.execute(ins(ProcessedEvent).values(**values).on_conflict_do_nothing())
+        return bool(getattr(res, "rowcount", 0) == 1)
     try:
         async with s.begin_nested():
-            await s.execute(
-                insert(ProcessedEvent).values(channel=channel, event_id=event_id, processed_at=now)
-            )
+            await s.execute(insert(ProcessedEvent).values(**values))
     except IntegrityError:
         return False
     return True

@@ -1,0 +1,158 @@
+"""The console channel as a newcomer uses it: the `firstline` command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from config.categories import GOTO_ESCALATE, GOTO_NEXT, Category, load_categories
+from config.settings import DEFAULTS_DIR
+
+FIRSTLINE = [sys.executable, "-m", "bot.cli"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "SLACK_"))}
+    env["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'console.db'}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _run(tmp_path: Path, args: list[str], stdin: str) -> str:
+    out = subprocess.run(
+        [*FIRSTLINE, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _account() -> Category:
+    cats, problems = load_categories(DEFAULTS_DIR / "categories.yaml")
+    assert problems == []
+    return next(c for c in cats if c.id == "account")
+
+
+def _unsolved_path(cat: Category) -> list[str]:
+    """Button numbers that walk the checklist pressing each step's last option."""
+    presses: list[str] = []
+    step = cat.checklist[0]
+    for _ in range(len(cat.checklist) + 1):
+        presses.append(str(len(step.options)))
+        goto = step.options[-1].goto
+        if goto == GOTO_ESCALATE:
+            break
+        nxt = cat.next_step(step.id) if goto == GOTO_NEXT else cat.step(goto)
+        if nxt is None:
+            break
+        step = nxt
+    return presses
+
+
+def test_scripted_session_from_question_to_csat(tmp_path: Path) -> None:
+    cat = _account()
+    script = [
+        "I forgot my password",  # the bundled article answers it
+        "2",  # Didn't help -> the account checklist
+        *_unsolved_path(cat),
+        "The sign-in page says 'error 0x42' since this morning",
+        "1",  # Done
+        "2",  # Blocks my work -> high
+    ]
+    user_out = _run(tmp_path, ["chat", "--user", "ann"], "\n".join(script) + "\n")
+    assert "Reset a forgotten password" in user_out
+    assert "Step 1 of" in user_out
+    assert "Ticket FL-1001 is created" in user_out
+
+    l2_out = _run(
+        tmp_path,
+        ["chat", "--as", "l2", "--name", "bob"],
+        "list\ntake FL-1001\nnote FL-1001 check the auth logs\n"
+        "reply FL-1001 Please try to sign in again now\nresolve FL-1001\n",
+    )
+    assert "new ticket" in l2_out and "[FL-1001]" in l2_out
+    assert "error 0x42" in l2_out  # the handoff packet carries the user's details
+    assert "Internal note saved" in l2_out
+
+    back = _run(tmp_path, ["chat", "--user", "ann"], "5\n")
+    assert "bob is now working on your ticket FL-1001" in back
+    assert "bob: Please try to sign in again now" in back
+    assert "check the auth logs" not in back  # the note stayed internal
+    assert "Ticket FL-1001 is resolved" in back
+    assert "Thank you for the rating" in back
+
+    tickets = _run(tmp_path, ["tickets", "--all", "--json"], "")
+    assert '"status": "resolved"' in tickets and '"csat": 5' in tickets
+
+
+class _Child:
+    """A console process we type into and read from, with bounded waits."""
+
+    def __init__(self, tmp_path: Path, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [*FIRSTLINE, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=_env(tmp_path),
+            cwd=tmp_path,
+        )
+        self.seen = b""
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def read_until(self, needle: str, timeout: float = 60) -> str:
+        """Everything read so far once ``needle`` appears in the new output."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        start = len(self.seen)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle.encode() in self.seen[start:]:
+                return self.seen[start:].decode(errors="replace")
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                self.seen += chunk
+        raise AssertionError(f"{needle!r} not seen; got:\n{self.seen[start:].decode()}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_kill_9_mid_checklist_continues_at_the_same_step(tmp_path: Path) -> None:
+    child = _Child(tmp_path, ["chat", "--user", "kim"])
+    child.send("/new")
+    seen = child.read_until("VPN and network")
+    number = next(
+        line.split("]")[0].strip(" [")
+        for line in seen.splitlines()
+        if "]" in line and "VPN and network" in line
+    )
+    child.send(number)
+    child.read_until("Step 1 of")
+    child.send("2")  # didn't help
+    before = child.read_until("Step 2 of")
+    step2 = before[before.index("Step 2 of") :].split("[1]")[0].strip()
+    child.proc.send_signal(signal.SIGKILL)
+    child.proc.wait(timeout=30)
+
+    after = _run(tmp_path, ["chat", "--user", "kim"], "")
+    assert "Step 2 of" in after and step2 in after, after
+    assert "Step 1 of" not in after

@@ -1,0 +1,228 @@
+"""Storage contract: the same suite on SQLite always, and on PostgreSQL when one is given.
+
+Set ``FIRSTLINE_TEST_PG_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/test`` (``.ci/run``
+does when the server answers). The PostgreSQL run wipes the ``public`` schema of that
+database first: point it at a scratch database only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import select, text
+from sqlalchemy.engine import Connection
+
+from bot.app import App
+from bot.clock import FakeClock
+from bot.outbox import Dispatcher, OutboxItem, SendResult
+from bot.storage.db import Database
+from bot.storage.models import Base, Conversation, Event, Outbox, Ticket
+from bot.storage.repo import claim_event, enqueue, log_event, next_value
+from config.settings import DatabaseSettings, EscalationSettings, Settings
+from handlers.memory import MemoryChannel
+from tests.conftest import PG_URL, sqlite_url
+
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql", marks=pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set")
+    ),
+]
+
+
+async def _wipe_pg(url: str) -> None:
+    db = Database(url)
+    async with db.engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    await db.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh empty database of each backend."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    await _wipe_pg(PG_URL)
+    yield PG_URL
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    """A migrated database."""
+    database = Database(db_url)
+    await database.upgrade()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+def _settings(url: str) -> Settings:
+    return Settings(
+        database=DatabaseSettings(url=url),
+        escalation=EscalationSettings(default_destination="memory:l2"),
+    )
+
+
+async def test_migrations_match_the_models_and_rerun_cleanly(db: Database) -> None:
+    await db.upgrade()  # second run: nothing to do, no error
+
+    def diff(conn: Connection) -> list[object]:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": False})
+        return list(compare_metadata(ctx, Base.metadata))
+
+    async with db.engine.connect() as conn:
+        differences = await conn.run_sync(diff)
+    assert differences == []
+
+
+async def test_event_ids_are_claimed_once(db: Database) -> None:
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    async with db.transaction() as s:
+        assert await claim_event(s, "telegram", "u1", now)
+        assert not await claim_event(s, "telegram", "u1", now)
+        assert await claim_event(s, "slack", "u1", now)  # ids are per channel
+    async with db.transaction() as s:
+        assert not await claim_event(s, "telegram", "u1", now)
+
+
+async def test_counter_is_sequential_and_concurrency_safe(db: Database) -> None:
+    async def take() -> int:
+        async with db.transaction() as s:
+            return await next_value(s, "ticket", 1001)
+
+    values = await asyncio.gather(*(take() for _ in range(10)))
+    assert sorted(values) == list(range(1001, 1011))
+
+
+async def test_datetimes_come_back_aware_utc(db: Database) -> None:
+    at = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+    async with db.transaction() as s:
+        await log_event(s, "probe", actor="test", at=at.astimezone(), x=1)
+    async with db.transaction() as s:
+        ev = (await s.execute(select(Event))).scalar_one()
+    assert ev.at == at and ev.at.tzinfo is not None and ev.data == {"x": 1}
+
+
+async def test_naive_datetimes_are_refused(db: Database) -> None:
+    with pytest.raises(Exception, match="naive"):
+        async with db.transaction() as s:
+            await log_event(s, "probe", actor="test", at=datetime(2026, 1, 1))
+
+
+class _Recorder:
+    channel = "memory"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.fail_first: set[str] = set()
+
+    async def send(self, item: OutboxItem) -> SendResult:
+        if item.payload["text"] in self.fail_first:
+            self.fail_first.discard(item.payload["text"])
+            return SendResult(ok=False, retry_after=30, error="429")
+        self.seen.append((item.target, item.payload["text"]))
+        return SendResult()
+
+
+async def test_outbox_keeps_order_per_target_through_retries(db: Database) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    async with db.transaction() as s:
+        for i in range(3):
+            for target in ("a", "b"):
+                await enqueue(
+                    s,
+                    channel="memory",
+                    target=target,
+                    kind="message",
+                    payload={"text": f"{target}{i}"},
+                    now=clock.now(),
+                )
+    rec = _Recorder()
+    rec.fail_first = {"a0"}
+    d = Dispatcher(db, clock, desk=None, senders={"memory": rec})  # type: ignore[arg-type]
+    await d.drain()
+    # a0 waits 30 s for its retry, and nothing of "a" may overtake it; "b" flows.
+    assert [t for tg, t in rec.seen if tg == "a"] == []
+    assert [t for tg, t in rec.seen if tg == "b"] == ["b0", "b1", "b2"]
+    clock.advance(timedelta(seconds=31))
+    await d.drain()
+    assert [t for tg, t in rec.seen if tg == "a"] == ["a0", "a1", "a2"]
+
+
+async def test_two_dispatchers_never_send_a_row_twice(db: Database) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    async with db.transaction() as s:
+        for i in range(40):
+            await enqueue(
+                s,
+                channel="memory",
+                target=f"t{i % 8}",
+                kind="message",
+                payload={"text": str(i)},
+                now=clock.now(),
+            )
+    rec = _Recorder()
+    d1 = Dispatcher(db, clock, desk=None, senders={"memory": rec}, worker_id="w1")  # type: ignore[arg-type]
+    d2 = Dispatcher(db, clock, desk=None, senders={"memory": rec}, worker_id="w2")  # type: ignore[arg-type]
+    await asyncio.gather(d1.drain(), d2.drain())
+    texts = [t for _, t in rec.seen]
+    assert sorted(texts, key=int) == [str(i) for i in range(40)]
+    async with db.transaction() as s:
+        assert set((await s.execute(select(Outbox.status))).scalars()) == {"sent"}
+
+
+async def test_a_conversation_survives_a_restart(db_url: str) -> None:
+    clock = FakeClock(datetime(2026, 1, 12, 7, tzinfo=UTC))
+    app = await App.create(_settings(db_url), clock)
+    mem = MemoryChannel(app)
+    await mem.command("ann", "start")
+    await mem.press("ann", "Network")
+    step1 = mem.last("ann")
+    await mem.press("ann", "Didn't help")
+    step2 = mem.last("ann")
+    assert step1 != step2 and "Step 2" in step2
+    await app.close()
+
+    app2 = await App.create(_settings(db_url), clock)
+    mem2 = MemoryChannel(app2)
+    # The old buttons still work after the restart: the state is in the database.
+    data = mem.messages("ann")[-1].buttons()[1]["data"]
+    await mem2.press_data("ann", data)
+    assert "Step 3" in mem2.last("ann")
+    async with app2.db.transaction() as s:
+        conv = (await s.execute(select(Conversation))).scalar_one()
+    assert conv.state == "checklist"
+    await app2.close()
+
+
+async def test_first_claim_wins_under_concurrency(db_url: str) -> None:
+    clock = FakeClock(datetime(2026, 1, 12, 7, tzinfo=UTC))
+    app = await App.create(_settings(db_url), clock)
+    mem = MemoryChannel(app)
+    await mem.command("ann", "start")
+    await mem.press("ann", "Billing")
+    for _ in range(10):
+        buttons = mem.messages("ann")[-1].buttons()
+        if any("Done" in b["label"] for b in buttons):
+            break
+        await mem.press_data("ann", buttons[-1]["data"])
+    await mem.press("ann", "Done")
+    await mem.press("ann", "Normal")
+    async with app.db.transaction() as s:
+        ticket = (await s.execute(select(Ticket))).scalar_one()
+    number = f"FL-{ticket.number}"
+    results = await asyncio.gather(*(mem.agent(f"agent{i}", "claim", number) for i in range(5)))
+    assert sum(not r.refused for r in results) == 1
+    async with app.db.transaction() as s:
+        owner = (await s.execute(select(Ticket.owner_key))).scalar_one()
+    assert owner is not None
+    await app.close()
