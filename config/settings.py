@@ -168,6 +168,37 @@ class EscalationSettings(BaseModel):
         return parse_duration(v)
 
 
+class DigestSettings(BaseModel):
+    """The managers' daily SLA digest."""
+
+    enabled: bool = True
+    time: str = Field(default="09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    timezone: str = "Europe/Moscow"
+    language: Literal["en", "ru"] = "en"
+    # Destinations ("telegram:123", "slack:C0123", "console:managers"); empty = nobody.
+    recipients: list[str] = Field(default_factory=list)
+    # A bot "solve" counts only if the user does not come back with the same problem
+    # within this window.
+    recontact_window: timedelta = timedelta(days=3)
+    chart: bool = True
+
+    @field_validator("recontact_window", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> timedelta:
+        return parse_duration(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
 class DialogSettings(BaseModel):
     """Dialog behaviour."""
 
@@ -195,6 +226,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     escalation: EscalationSettings = EscalationSettings()
     dialog: DialogSettings = DialogSettings()
+    digest: DigestSettings = DigestSettings()
 
     @classmethod
     def settings_customise_sources(
