@@ -476,6 +476,27 @@ class Desk:
         await log_event(s, "csat", actor=actor, at=now, ticket_id=ticket.id, score=score)
         await self.update_card(s, ticket, now)
 
+    async def close_stale(self, now: datetime) -> int:
+        """Close resolved tickets whose reopen window has passed; return how many."""
+        cutoff = now - self.esc.reopen_window
+        closed = 0
+        async with self.db.transaction() as s:
+            rows = await s.execute(
+                select(Ticket).where(Ticket.status == "resolved", Ticket.resolved_at <= cutoff)
+            )
+            for ticket in rows.scalars():
+                ticket.status = "closed"
+                ticket.closed_at = now
+                ticket.updated_at = now
+                await log_event(s, "ticket_closed", actor="bot", at=now, ticket_id=ticket.id)
+                conv = await s.get(Conversation, ticket.conversation_id)
+                if conv is not None and conv.state in ("csat", "ticket") and conv.ended_at is None:
+                    conv.state = "done"
+                    conv.ended_at = now
+                await self.update_card(s, ticket, now)
+                closed += 1
+        return closed
+
     async def reopen(self, s: AsyncSession, ticket: Ticket, now: datetime, *, actor: str) -> None:
         """Back to work after a resolution."""
         ticket.status = "in_progress" if ticket.owner_key else "open"

@@ -124,6 +124,8 @@ class SlaTimers:
         sent = 0
         for row_id in ids:
             sent += int(await self.fire(row_id))
+        if await self.desk.close_stale(now) and self.after_fire is not None:
+            self.after_fire()
         if self.scheduler is not None:
             await self.reschedule()
         return sent

@@ -248,3 +248,19 @@ async def test_outbox_rows_commit_with_the_change(mem: MemoryChannel, app: App) 
     async with app.db.transaction() as s:
         statuses = (await s.execute(select(Outbox.status))).scalars().all()
     assert statuses and set(statuses) == {"sent"}
+
+
+async def test_resolved_ticket_closes_after_the_reopen_window(
+    mem: MemoryChannel, app: App, clock: FakeClock
+) -> None:
+    ticket = await _escalate(mem)
+    await mem.agent("agent_bob", "resolve", f"FL-{ticket.number}", "Done on our side")
+    clock.advance(app.settings.escalation.reopen_window - timedelta(minutes=1))
+    await app.timers.sweep()
+    assert (await _ticket(app)).status == "resolved"
+    clock.advance(timedelta(minutes=2))
+    await app.timers.sweep()
+    assert (await _ticket(app)).status == "closed"
+    # Writing now is a new problem, not a reopen.
+    await mem.say("ann", "my vpn is slow")
+    assert (await _ticket(app)).reopen_count == 0
