@@ -725,7 +725,7 @@ class DialogEngine:
         )
         await self.say(
             turn,
-            f"{t('kb_found', turn.lang)}\n\n*{article.title}*\n\n{article.body}",
+            f"{t('kb_found', turn.lang)}\n\n**{article.title}**\n\n{article.body}",
             markdown=True,
         )
         nonce = self.new_prompt(turn)

@@ -12,15 +12,18 @@ import asyncio
 import contextlib
 import functools
 import getpass
+import logging
 import os
 import shlex
 import sys
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import TextIO
 
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import select
 
 from bot.app import App
@@ -61,6 +64,8 @@ class ConsoleSender:
         p = item.payload
         if item.kind == "message":
             text = str(p.get("text", ""))
+            if p.get("markdown"):
+                text = text.replace("**", "").replace("`", "")
             self._print(f"bot> {text}")
             for a in p.get("attachments", []) or []:
                 self._print(f"     📎 {a.get('name') or a.get('kind')}")
@@ -133,6 +138,39 @@ async def _read_lines(stream: TextIO, interactive: bool, prompt: str) -> asyncio
     return queue
 
 
+class SerialDelivery:
+    """Delivery for a console: the background poll and the per-line drain never overlap,
+    so a line that presses a button is read only after that button was printed."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.lock = asyncio.Lock()
+
+    async def drain(self) -> None:
+        """Deliver everything due, waiting for a background pass in flight."""
+        async with self.lock:
+            await self.dispatcher.drain()
+
+    async def poll(self, stop: asyncio.Event, seconds: float = 1.0) -> None:
+        """Deliver what other processes queue for us (L2 replies, SLA notices)."""
+        while not stop.is_set():
+            try:
+                await self.drain()
+            except Exception:  # a broken pass must not end the chat
+                logging.getLogger(__name__).exception("console delivery failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _start_timers(app: App) -> AsyncIOScheduler:
+    """SLA timers run in console processes too: the L2 console shows warnings and breaches."""
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    app.timers.attach(scheduler)
+    await app.timers.sweep()  # whatever came due while nothing ran
+    scheduler.start()
+    return scheduler
+
+
 class ConsoleUser:
     """An end user typing into the terminal."""
 
@@ -144,6 +182,7 @@ class ConsoleUser:
         self.dispatcher: Dispatcher = app.dispatcher(
             {CHANNEL: self.sender}, target_filter=lambda _c, target: target == self.chat_id
         )
+        self.delivery = SerialDelivery(self.dispatcher)
 
     def event_for(self, line: str) -> UserEvent | None:
         """Translate one typed line into a user event (``None`` for a blank line)."""
@@ -174,12 +213,14 @@ class ConsoleUser:
         result = await self.app.handle_user(ev)
         if result.ack:
             self.sender._print(f"bot> ({result.ack})")
-        await self.dispatcher.drain()
+        await self.delivery.drain()
 
     async def run(self, stream: TextIO = sys.stdin) -> None:
         """Chat until EOF (or Ctrl-D / Ctrl-C on a terminal)."""
         interactive = stream.isatty()
-        await self.dispatcher.drain()  # whatever L2 said while we were away
+        scheduler = await _start_timers(self.app)
+        self.app.timers.after_fire = self.dispatcher.wake
+        await self.delivery.drain()  # whatever L2 said while we were away
         if interactive:
             self.sender._print(
                 "firstline console — you are the end user "
@@ -192,7 +233,7 @@ class ConsoleUser:
         await self.handle_line("/resume greet" if interactive else "/resume")
         queue = await _read_lines(stream, interactive, "you> ")
         stop = asyncio.Event()
-        poller = asyncio.create_task(self.dispatcher.run_forever(stop, poll_seconds=1.0))
+        poller = asyncio.create_task(self.delivery.poll(stop))
         try:
             while True:
                 line = await queue.get()
@@ -202,7 +243,8 @@ class ConsoleUser:
         finally:
             stop.set()
             await poller
-            await self.dispatcher.drain()
+            scheduler.shutdown(wait=False)
+            await self.delivery.drain()
 
 
 L2_HELP = """Commands (TICKET may be omitted after `use TICKET`; plain text replies to it):
@@ -246,6 +288,7 @@ class ConsoleAgent:
         self.dispatcher = app.dispatcher(
             {CHANNEL: self.sender}, target_filter=lambda _c, target: target in L2_TARGETS
         )
+        self.delivery = SerialDelivery(self.dispatcher)
 
     async def list_tickets(self) -> None:
         """Print the open tickets, oldest first."""
@@ -350,7 +393,7 @@ class ConsoleAgent:
         result = await self.app.handle_agent(ev)
         if result.ack and not result.refused:
             self.print(f"ok: {result.ack}")
-        await self.dispatcher.drain()
+        await self.delivery.drain()
         return True
 
     async def run(self, stream: TextIO = sys.stdin) -> None:
@@ -359,10 +402,12 @@ class ConsoleAgent:
         if interactive:
             self.print(f"firstline L2 console — you are consultant '{self.agent.user_id}'.")
             self.print(L2_HELP)
-        await self.dispatcher.drain()
+        scheduler = await _start_timers(self.app)
+        self.app.timers.after_fire = self.dispatcher.wake
+        await self.delivery.drain()
         queue = await _read_lines(stream, interactive, "l2> ")
         stop = asyncio.Event()
-        poller = asyncio.create_task(self.dispatcher.run_forever(stop, poll_seconds=1.0))
+        poller = asyncio.create_task(self.delivery.poll(stop))
         try:
             while True:
                 line = await queue.get()
@@ -372,7 +417,8 @@ class ConsoleAgent:
             stop.set()
             with contextlib.suppress(Exception):
                 await poller
-            await self.dispatcher.drain()
+            scheduler.shutdown(wait=False)
+            await self.delivery.drain()
 
 
 def _tail(line: str, skip_words: int) -> str:
