@@ -15,11 +15,13 @@ from sqlalchemy import select
 
 from bot.clock import Clock, SystemClock
 from bot.content import Content, load_content
-from bot.domain import AgentEvent, HandleResult, UserEvent
+from bot.domain import AgentEvent, HandleResult, OutMessage, UserEvent, pick_lang
+from bot.i18n import t
 from bot.engine import DialogEngine
 from bot.outbox import Dispatcher, Sender
 from bot.storage.db import Database
 from bot.storage.models import KbImpression
+from bot.storage.repo import enqueue, log_event
 from config.problems import ContentError
 from config.settings import Settings
 from escalation.desk import Desk
@@ -114,17 +116,62 @@ class App:
             d.wake()
 
     async def handle_user(self, ev: UserEvent) -> HandleResult:
-        """Process an end-user event and wake the outbox."""
+        """Process an end-user event and wake the outbox.
+
+        A bug while handling never reaches the chat as a traceback: the event is kept in the
+        event log, the user gets an apology in their language, and the error is logged. If
+        even that fails (the database is down), the exception propagates so the adapter
+        does not acknowledge the update and the platform delivers it again.
+        """
         self.kb.reload_if_changed()
-        result = await self.engine.handle(ev)
+        try:
+            result = await self.engine.handle(ev)
+        except Exception:
+            log.exception("failed to handle %s event %s", ev.channel, ev.event_id)
+            await self._keep_failed(ev, ev.chat_id, ev.user.language_code, ev.text or ev.data)
+            result = HandleResult(refused=True, ack=t("internal_error", self._lang(ev)))
         await self._after()
         return result
 
     async def handle_agent(self, ev: AgentEvent) -> HandleResult:
-        """Process a consultant event and wake the outbox."""
-        result = await self.desk.handle_agent(ev)
+        """Process a consultant event and wake the outbox (errors as for users)."""
+        try:
+            result = await self.desk.handle_agent(ev)
+        except Exception:
+            log.exception("failed to handle %s agent event %s", ev.channel, ev.event_id)
+            await self._keep_failed(ev, None, None, ev.text)
+            result = HandleResult(refused=True, ack=t("internal_error", self.desk.l2_lang))
         await self._after()
         return result
+
+    def _lang(self, ev: UserEvent) -> str:
+        return pick_lang(ev.user.language_code, self.settings.dialog.default_language)
+
+    async def _keep_failed(
+        self, ev: UserEvent | AgentEvent, chat_id: str | None, lang_code: str | None, text: str
+    ) -> None:
+        now = self.clock.now()
+        actor = ev.user.key if isinstance(ev, UserEvent) else ev.agent.key
+        async with self.db.transaction() as s:
+            await log_event(
+                s,
+                "intake_failed",
+                actor=actor,
+                at=now,
+                channel=ev.channel,
+                event_id=ev.event_id,
+                text=text[:4000],
+            )
+            if chat_id is not None:
+                lang = pick_lang(lang_code, self.settings.dialog.default_language)
+                await enqueue(
+                    s,
+                    channel=ev.channel,
+                    target=chat_id,
+                    kind="message",
+                    payload=OutMessage(t("internal_error", lang)).to_payload(),
+                    now=now,
+                )
 
     async def _after(self) -> None:
         self._wake()

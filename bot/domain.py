@@ -39,6 +39,7 @@ class UserRef:
     display_name: str = ""
     username: str | None = None
     language_code: str | None = None
+    timezone: str | None = None  # IANA name if the platform tells it (Slack does)
 
     @property
     def key(self) -> str:

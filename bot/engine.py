@@ -971,7 +971,7 @@ class DialogEngine:
             ticket_id=ticket.id,
         )
         number = self.desk.number(ticket)
-        eta, closed_now = self.desk.first_response_eta(ticket, turn.lang)
+        eta, closed_now = self.desk.first_response_eta(ticket, turn.lang, turn.user.timezone)
         key = "escalated_closed" if closed_now else "escalated"
         await self.say(
             turn, t(key, turn.lang, number=number, eta=eta or t("eta_unknown", turn.lang))

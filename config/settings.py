@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -62,14 +62,20 @@ def parse_duration(value: object) -> timedelta:
     raise ValueError(f"not a duration: {value!r} (use e.g. '30m', '4h', '2d', '1h 30m')")
 
 
-class DatabaseSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section; unknown keys are errors (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(Section):
     """Where the state lives. SQLite by default; PostgreSQL via ``postgresql+asyncpg://``."""
 
     url: str = "sqlite+aiosqlite:///firstline.db"
     echo: bool = False
 
 
-class ContentSettings(BaseModel):
+class ContentSettings(Section):
     """Admin-edited content files. ``dir`` overrides the bundled defaults as a whole."""
 
     dir: Path | None = None
@@ -87,7 +93,7 @@ class ContentSettings(BaseModel):
         return DEFAULTS_DIR / f"{name}.yaml"
 
 
-class KbSettings(BaseModel):
+class KbSettings(Section):
     """Knowledge base folder and matcher thresholds (None = the matcher's calibrated default)."""
 
     dir: Path | None = None
@@ -101,7 +107,7 @@ class KbSettings(BaseModel):
         return self.dir if self.dir is not None else DEFAULTS_DIR / "kb"
 
 
-class TelegramSettings(BaseModel):
+class TelegramSettings(Section):
     """Telegram bot: token, Bot API server, webhook and the L2 group."""
 
     bot_token: SecretStr | None = None
@@ -114,7 +120,7 @@ class TelegramSettings(BaseModel):
     managers: list[int] = Field(default_factory=list)
 
 
-class SlackSettings(BaseModel):
+class SlackSettings(Section):
     """Slack app: tokens, signing secret, Web API URL and the L2 channel."""
 
     bot_token: SecretStr | None = None
@@ -127,21 +133,21 @@ class SlackSettings(BaseModel):
     managers: list[str] = Field(default_factory=list)
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(Section):
     """The bot's one HTTP server (webhooks, health, metrics)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 
 
-class LogSettings(BaseModel):
+class LogSettings(Section):
     """Logging level and format (``text`` for people, ``json`` for log shippers)."""
 
     level: str = "INFO"
     format: Literal["text", "json"] = "text"
 
 
-class EscalationSettings(BaseModel):
+class EscalationSettings(Section):
     """Tickets and the L2 desk."""
 
     ticket_prefix: str = Field(default="FL", pattern=r"^[A-Z][A-Z0-9]{0,7}$")
@@ -168,7 +174,7 @@ class EscalationSettings(BaseModel):
         return parse_duration(v)
 
 
-class DigestSettings(BaseModel):
+class DigestSettings(Section):
     """The managers' daily SLA digest."""
 
     enabled: bool = True
@@ -199,7 +205,7 @@ class DigestSettings(BaseModel):
         return v
 
 
-class DialogSettings(BaseModel):
+class DialogSettings(Section):
     """Dialog behaviour."""
 
     default_language: Literal["en", "ru"] = "en"

@@ -10,7 +10,7 @@ import logging
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -239,14 +239,17 @@ class Desk:
 
     # ------------------------------------------------------------------ SLA texts for users
 
-    def first_response_eta(self, ticket: Ticket, lang: str) -> tuple[str | None, bool]:
-        """The first-response deadline in the user's words, and whether L2 is closed now."""
+    def first_response_eta(
+        self, ticket: Ticket, lang: str, user_tz: str | None = None
+    ) -> tuple[str | None, bool]:
+        """The first-response deadline in the user's time zone (else the desk's), and
+        whether L2 is closed right now."""
         due = ticket.first_response_due
         if due is None:
             return None, False
         cal = self.content.sla.calendar_for(ticket.tier)
         closed_now = not cal.is_open(ticket.created_at)
-        return _format_local(due, cal.tz, lang), closed_now
+        return _format_local(due, _zone(user_tz) or cal.tz, lang), closed_now
 
     def eta_text(self, ticket: Ticket, lang: str) -> str | None:
         """A line about the next deadline for ``/status``."""
@@ -1074,6 +1077,15 @@ class Desk:
 
 def _button(nonce: int, label: str, action: str) -> Button:
     return Button(label=label, data=f"{nonce}|{action}")
+
+
+def _zone(name: str | None) -> ZoneInfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 def _format_local(at: datetime, tz: ZoneInfo | Any, lang: str) -> str:

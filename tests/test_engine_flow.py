@@ -264,3 +264,64 @@ async def test_resolved_ticket_closes_after_the_reopen_window(
     # Writing now is a new problem, not a reopen.
     await mem.say("ann", "my vpn is slow")
     assert (await _ticket(app)).reopen_count == 0
+
+
+async def test_out_of_hours_escalation_tells_the_eta_in_the_users_time_zone(
+    app: App, clock: FakeClock
+) -> None:
+    from datetime import UTC, datetime
+
+    from bot.domain import UserEvent, UserRef
+
+    mem = MemoryChannel(app)
+    # Saturday 2026-01-17 12:00 UTC: the free tier's Moscow office is closed.
+    clock.set(datetime(2026, 1, 17, 12, 0, tzinfo=UTC))
+    user = UserRef(
+        "memory", "vlad", display_name="Vlad", language_code="en", timezone="Asia/Vladivostok"
+    )
+    n = 0
+
+    async def send(kind: str, **kw: str) -> None:
+        nonlocal n
+        n += 1
+        await app.handle_user(UserEvent("memory", f"tz{n}", user, "vlad", kind, **kw))  # type: ignore[arg-type]
+        await mem.deliver()
+
+    await send("command", command="start")
+    await mem.press("vlad", "Billing")
+    for _ in range(10):
+        buttons = mem.messages("vlad")[-1].buttons()
+        if any("Done" in b["label"] for b in buttons):
+            break
+        await mem.press_data("vlad", buttons[-1]["data"])
+    await mem.press("vlad", "Done")
+    await mem.press("vlad", "Normal")
+    text = mem.last("vlad")
+    # Free/normal: 16 business hours from Monday 09:00 Moscow -> Tuesday 16:00 Moscow,
+    # which is Tuesday 23:00 in Vladivostok (UTC+10).
+    assert "engineers are off now" in text
+    assert "2026-01-20 23:00" in text and "+10" in text
+
+
+async def test_a_bug_never_reaches_the_chat_and_the_message_is_kept(
+    mem: MemoryChannel, app: App, monkeypatch: object
+) -> None:
+    import pytest
+
+    def boom(*_a: object, **_k: object) -> object:
+        raise RuntimeError("matcher exploded")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(app.kb, "search", boom)
+    try:
+        res = await mem.say("ann", "my text that must not be lost", lang="ru")
+    finally:
+        mp.undo()
+    assert res.refused
+    assert "Извините" in mem.last("ann") and "Traceback" not in mem.transcript("ann")
+    async with app.db.transaction() as s:
+        ev = (await s.execute(select(Event).where(Event.kind == "intake_failed"))).scalar_one()
+    assert ev.data["text"] == "my text that must not be lost"
+    # The event was not claimed: a re-delivery is processed for real.
+    await mem.say("ann", "I forgot my password")
+    assert "Reset a forgotten password" in mem.transcript("ann")

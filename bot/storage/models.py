@@ -85,6 +85,7 @@ class User(Base):
     username: Mapped[str | None] = mapped_column(String(200))
     language: Mapped[str | None] = mapped_column(String(8))  # chosen with /lang
     platform_language: Mapped[str | None] = mapped_column(String(16))
+    timezone: Mapped[str | None] = mapped_column(String(64))  # IANA name, when known
     unreachable: Mapped[bool] = mapped_column(Boolean, default=False)
     unreachable_reason: Mapped[str | None] = mapped_column(String(200))
     banned: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -116,6 +116,7 @@ async def get_or_create_user(s: AsyncSession, ref: UserRef, now: datetime) -> Us
             display_name=ref.display_name[:200],
             username=ref.username,
             platform_language=ref.language_code,
+            timezone=ref.timezone,
             unreachable=False,
             banned=False,
             created_at=now,
@@ -133,6 +134,9 @@ async def get_or_create_user(s: AsyncSession, ref: UserRef, now: datetime) -> Us
         changed = True
     if ref.language_code and user.platform_language != ref.language_code:
         user.platform_language = ref.language_code
+        changed = True
+    if ref.timezone and user.timezone != ref.timezone:
+        user.timezone = ref.timezone
         changed = True
     if changed:
         user.updated_at = now
