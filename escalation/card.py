@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 CARD_ACTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("claim", ("new", "open")),
     ("wait", ("in_progress",)),
+    ("release", ("in_progress", "waiting")),
     ("resolve", ("open", "in_progress", "waiting")),
     ("l3", ("open", "in_progress", "waiting")),
     ("priority", ("new", "open", "in_progress", "waiting")),
     ("save_kb", ("in_progress", "waiting", "resolved")),
+    ("l3_back", ("open", "in_progress", "waiting")),
     ("reopen", ("resolved",)),
 )
 
@@ -45,6 +47,8 @@ ACTION_LABELS: dict[str, dict[str, str]] = {
     "priority": {"en": "🎚 Priority", "ru": "🎚 Приоритет"},
     "save_kb": {"en": "📚 Save to KB", "ru": "📚 В базу знаний"},
     "reopen": {"en": "🔁 Reopen", "ru": "🔁 Открыть снова"},
+    "release": {"en": "↩️ Release", "ru": "↩️ Вернуть в очередь"},
+    "l3_back": {"en": "⬇️ Back to L2", "ru": "⬇️ Вернуть на L2"},
 }
 
 
@@ -187,7 +191,9 @@ async def build_card(s: AsyncSession, desk: Desk, ticket: Ticket, now: datetime)
     card.actions = [
         (action, ACTION_LABELS[action].get(lang, ACTION_LABELS[action]["en"]))
         for action, statuses in CARD_ACTIONS
-        if ticket.status in statuses and not (action == "l3" and ticket.level == "l3")
+        if ticket.status in statuses
+        and not (action == "l3" and ticket.level == "l3")
+        and not (action == "l3_back" and ticket.level != "l3")
     ]
     return card
 

@@ -156,3 +156,25 @@ def test_kill_9_mid_checklist_continues_at_the_same_step(tmp_path: Path) -> None
     after = _run(tmp_path, ["chat", "--user", "kim"], "")
     assert "Step 2 of" in after and step2 in after, after
     assert "Step 1 of" not in after
+
+
+def test_console_loop_wait_pauses_reply_resolve_reopen(tmp_path: Path) -> None:
+    cat = _account()
+    script = ["I forgot my password", "2", *_unsolved_path(cat), "cannot sign in", "1", "3"]
+    _run(tmp_path, ["chat", "--user", "ann"], "\n".join(script) + "\n")
+    l2 = _run(tmp_path, ["chat", "--as", "l2", "--name", "bob"],
+              "take FL-1001\nwait FL-1001 Which browser do you use?\nshow FL-1001\n")
+    assert "waiting for customer" in l2 and "paused (waiting for customer)" in l2
+    user = _run(tmp_path, ["chat", "--user", "ann"], "Firefox 120\n")
+    assert "bob: Which browser do you use?" in user
+    assert "waiting for your answer" in user
+    l2 = _run(tmp_path, ["chat", "--as", "l2", "--name", "bob"],
+              "show FL-1001\nreply FL-1001 Clear the cookies, please\nresolve FL-1001\n")
+    assert "Firefox 120" in l2 and "in progress" in l2
+    user = _run(tmp_path, ["chat", "--user", "ann"], "It is broken again\n")
+    assert "Clear the cookies" in user and "is resolved" in user
+    assert "Ticket FL-1001 is reopened" in user
+    l2 = _run(tmp_path, ["chat", "--as", "l2", "--name", "bob"], "list\n")
+    assert "FL-1001 reopened" in l2 and "It is broken again" in l2
+    events = _run(tmp_path, ["sla", "explain", "FL-1001"], "")
+    assert "pause (waiting for customer)" in events
