@@ -119,6 +119,7 @@ AgentAction = Literal[
     "l3",
     "l3_back",
     "priority",
+    "tier",
     "save_kb",
     "edit",
     "list",

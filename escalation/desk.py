@@ -708,6 +708,25 @@ class Desk:
                 await self.sla.refresh(s, ticket, now)
                 await self.update_card(s, ticket, now)
             return HandleResult(ack=lt("priority_changed", lang, number=number, old=old, new=value))
+        if action == "tier":
+            value = ev.value.strip().lower()
+            if value not in self.content.sla.tiers:
+                known = ", ".join(sorted(self.content.sla.tiers))
+                return await self._refuse(
+                    s, ev, lt("bad_tier", lang, value=value, known=known), now
+                )
+            old = ticket.tier
+            if old != value:
+                ticket.tier = value
+                ticket.updated_at = now
+                await log_event(
+                    s, "tier_changed", actor=actor, at=now, ticket_id=ticket.id, old=old, new=value
+                )
+                text = lt("tier_changed", lang, number=number, old=old, new=value)
+                await self.notice(s, ticket, text, now)
+                await self.sla.refresh(s, ticket, now)
+                await self.update_card(s, ticket, now)
+            return HandleResult()
         if action == "save_kb":
             return await self._save_kb(s, ev, ticket, now)
         if action == "edit":

@@ -87,6 +87,14 @@ L2_MESSAGES: dict[str, dict[str, str]] = {
         "en": "🎚 {number}: priority {old} → {new}",
         "ru": "🎚 {number}: приоритет {old} → {new}",
     },
+    "tier_changed": {
+        "en": "🏷 {number}: license tier {old} → {new}; deadlines recomputed",
+        "ru": "🏷 {number}: тариф {old} → {new}; сроки пересчитаны",
+    },
+    "bad_tier": {
+        "en": "Unknown tier {value!r}; known: {known}.",
+        "ru": "Неизвестный тариф {value!r}; есть: {known}.",
+    },
     "kb_draft_saved": {
         "en": "📚 Saved to the KB as draft #{draft}; an admin approves it with "
         "`firstline kb drafts approve {draft}`.",

@@ -255,6 +255,7 @@ L2_HELP = """Commands (TICKET may be omitted after `use TICKET`; plain text repl
   release TICKET           back to the queue     reassign TICKET NAME
   l3 TICKET [WHY]          escalate to L3        back TICKET        return from L3
   priority TICKET LEVEL    critical/high/normal/low
+  tier TICKET TIER         correct the customer's license tier
   kb TICKET [ANSWER]       save the answer as a KB draft
   reopen TICKET            reopen a resolved ticket             help | quit"""
 
@@ -271,6 +272,7 @@ _ACTIONS: dict[str, AgentAction] = {
     "l3": "l3",
     "back": "l3_back",
     "priority": "priority",
+    "tier": "tier",
     "kb": "save_kb",
     "reopen": "reopen",
 }
@@ -360,7 +362,7 @@ class ConsoleAgent:
         if cmd in _ACTIONS:
             action = _ACTIONS[cmd]
             number, rest = self._split_ticket(args)
-            if action == "priority":
+            if action in ("priority", "tier"):
                 value = rest[0] if rest else ""
                 rest = rest[1:]
             elif action == "reassign":

@@ -203,3 +203,68 @@ async def test_scheduler_jobs_are_rebuilt_with_stable_ids(mem: MemoryChannel, ap
     assert len([i for i in ids if i.startswith("sla:") and i != "sla:sweep"]) == count
     again = await app.timers.reschedule()  # idempotent: same ids, no duplicates
     assert again == count and {j.id for j in scheduler.get_jobs()} == ids
+
+
+async def test_tier_change_recomputes_and_is_logged(mem: MemoryChannel, app: App) -> None:
+    ticket = await _escalate(mem)
+    res = await mem.agent("agent_bob", "tier", f"FL-{ticket.number}", value="platinum")
+    assert res.refused
+    await mem.agent("agent_bob", "tier", f"FL-{ticket.number}", value="enterprise")
+    async with app.db.transaction() as s:
+        tk = await s.get(Ticket, ticket.id)
+    # Enterprise is 24/7: high priority, first response within 1 hour of 07:00 UTC.
+    assert tk is not None and tk.tier == "enterprise"
+    assert tk.first_response_due == datetime(2026, 1, 12, 8, 0, tzinfo=UTC)
+    assert [e.data for e in await _events(app, "tier_changed")] == [
+        {"old": "free", "new": "enterprise"}
+    ]
+
+
+async def test_l3_has_its_own_timer_and_destination(
+    mem: MemoryChannel, app: App, clock: FakeClock
+) -> None:
+    app.settings.escalation.l3_destination = "memory:l3"
+    ticket = await _escalate(mem)
+    number = f"FL-{ticket.number}"
+    await mem.agent("agent_bob", "reply", number, "Passing this to our engineers")
+    await mem.agent("agent_bob", "l3", number, "needs a database fix")
+    assert any(d.kind == "ticket_card" for d in mem.l2("l3")), "no card at the L3 destination"
+    assert "senior engineers" in mem.last("ann")
+    async with app.db.transaction() as s:
+        tk = await s.get(Ticket, ticket.id)
+        rows = (
+            (await s.execute(select(SlaNotification).where(SlaNotification.target == "l3")))
+            .scalars()
+            .all()
+        )
+    # L3 "high": 24 business hours from Monday 10:00 Moscow (8 + 9 + 7) -> Wednesday 16:00.
+    assert tk is not None and tk.level == "l3"
+    assert tk.l3_due == datetime(2026, 1, 14, 13, 0, tzinfo=UTC)
+    assert {r.kind for r in rows} >= {"l3:breach", "l3:warn:75"}
+    # Posts now go to the L3 thread; the user's words reach the experts.
+    await mem.say("ann", "any news?")
+    assert any(d.kind == "ticket_post" and d.text == "any news?" for d in mem.l2("l3"))
+    await mem.agent("agent_bob", "l3_back", number)
+    async with app.db.transaction() as s:
+        tk = await s.get(Ticket, ticket.id)
+        pending = (
+            (
+                await s.execute(
+                    select(SlaNotification).where(
+                        SlaNotification.target == "l3",
+                        SlaNotification.cancelled.is_(False),
+                        SlaNotification.fired_at.is_(None),
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert tk is not None and tk.level == "l2" and tk.l3_due is None and pending == []
+
+
+async def test_routing_rule_picks_the_destination_by_category(mem: MemoryChannel, app: App) -> None:
+    app.settings.escalation.routes = {"account": "memory:accounts-team"}
+    ticket = await _escalate(mem)
+    assert ticket.destination == "memory:accounts-team"
+    assert any(d.kind == "ticket_card" for d in mem.l2("accounts-team"))
