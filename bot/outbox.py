@@ -190,12 +190,15 @@ class Dispatcher:
             )
 
     async def run_once(self, limit: int = 50) -> int:
-        """One pass: claim due rows (one per target) and send them concurrently."""
+        """One pass: claim due rows (one per target), send them concurrently, and record
+        every outcome in one transaction (three transactions a pass, not three a row)."""
         now = self.clock.now()
         rows = await self._claim(now, limit)
         if not rows:
             return 0
-        await asyncio.gather(*(self._deliver(row) for row in rows))
+        items = await self._items(rows)
+        results = await asyncio.gather(*(self._send(row, items[row.id]) for row in rows))
+        await self._record(list(zip(rows, results, strict=True)))
         return len(rows)
 
     async def drain(self, max_passes: int = 1000) -> int:
@@ -208,21 +211,29 @@ class Dispatcher:
             total += n
         return total
 
-    async def _item(self, row: Outbox) -> OutboxItem:
-        item = OutboxItem(
-            id=row.id,
-            channel=row.channel,
-            target=row.target,
-            kind=row.kind,
-            payload=dict(row.payload or {}),
-            attempts=row.attempts,
-            ticket_id=row.ticket_id,
-        )
-        if row.kind in TICKET_KINDS and row.ticket_id is not None:
-            async with self.db.transaction() as s:
+    async def _items(self, rows: list[Outbox]) -> dict[int, OutboxItem]:
+        items = {
+            row.id: OutboxItem(
+                id=row.id,
+                channel=row.channel,
+                target=row.target,
+                kind=row.kind,
+                payload=dict(row.payload or {}),
+                attempts=row.attempts,
+                ticket_id=row.ticket_id,
+            )
+            for row in rows
+        }
+        ticket_rows = [r for r in rows if r.kind in TICKET_KINDS and r.ticket_id is not None]
+        if not ticket_rows:
+            return items
+        async with self.db.transaction() as s:
+            now = self.clock.now()
+            for row in ticket_rows:
+                item = items[row.id]
                 ticket = await s.get(Ticket, row.ticket_id)
                 if ticket is not None:
-                    item.card = await build_card(s, self.desk, ticket, self.clock.now())
+                    item.card = await build_card(s, self.desk, ticket, now)
                 links = await s.execute(
                     select(MessageLink)
                     .where(
@@ -234,99 +245,102 @@ class Dispatcher:
                 )
                 for link in links.scalars():
                     item.links.setdefault(link.role, []).append(link.message_key)
-        return item
+        return items
 
-    async def _deliver(self, row: Outbox) -> None:
+    async def _send(self, row: Outbox, item: OutboxItem) -> SendResult:
         sender = self.senders[row.channel]
         try:
-            item = await self._item(row)
-            result = await sender.send(item)
+            return await sender.send(item)
         except Exception as exc:  # a sender bug must not lose the row
             log.exception("sender %s failed on outbox row %s", row.channel, row.id)
-            result = SendResult(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
-        await self._record(row, result)
+            return SendResult(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
 
-    async def _record(self, row: Outbox, result: SendResult) -> None:
+    async def _record(self, outcomes: list[tuple[Outbox, SendResult]]) -> None:
         now = self.clock.now()
         async with self.db.transaction() as s:
-            if result.ok:
-                await s.execute(
-                    update(Outbox)
-                    .where(Outbox.id == row.id)
-                    .values(
-                        status="sent",
-                        sent_at=now,
-                        locked_by=None,
-                        locked_until=None,
-                        attempts=row.attempts + 1,
-                        last_error=None,
-                    )
-                )
-                if result.drop_roles and row.ticket_id is not None:
-                    for link in (
-                        await s.execute(
-                            select(MessageLink).where(
-                                MessageLink.ticket_id == row.ticket_id,
-                                MessageLink.channel == row.channel,
-                                MessageLink.chat_key == row.target,
-                                MessageLink.role.in_(result.drop_roles),
-                            )
-                        )
-                    ).scalars():
-                        await s.delete(link)
-                if row.ticket_id is not None:
-                    for role, key, tm_id in result.links:
-                        s.add(
-                            MessageLink(
-                                ticket_id=row.ticket_id,
-                                ticket_message_id=tm_id,
-                                role=role,
-                                channel=row.channel,
-                                chat_key=row.target,
-                                message_key=key,
-                                created_at=now,
-                            )
-                        )
-                return
-            attempts = row.attempts + 1
-            if result.permanent or attempts >= MAX_ATTEMPTS:
-                await s.execute(
-                    update(Outbox)
-                    .where(Outbox.id == row.id)
-                    .values(
-                        status="failed",
-                        attempts=attempts,
-                        last_error=result.error[:2000],
-                        locked_by=None,
-                        locked_until=None,
-                    )
-                )
-                await log_event(
-                    s,
-                    "delivery_failed",
-                    actor="outbox",
-                    at=now,
-                    ticket_id=row.ticket_id,
-                    channel=row.channel,
-                    outbox_kind=row.kind,
-                    error=result.error[:300],
-                )
-                if result.unreachable and row.kind == "message":
-                    await self.desk.mark_unreachable(s, row.channel, row.target, result.error, now)
-                return
-            delay = result.retry_after if result.retry_after is not None else backoff(attempts)
+            for row, result in outcomes:
+                await self._record_one(s, row, result, now)
+
+    async def _record_one(
+        self, s: AsyncSession, row: Outbox, result: SendResult, now: datetime
+    ) -> None:
+        if result.ok:
             await s.execute(
                 update(Outbox)
                 .where(Outbox.id == row.id)
                 .values(
-                    status="pending",
+                    status="sent",
+                    sent_at=now,
+                    locked_by=None,
+                    locked_until=None,
+                    attempts=row.attempts + 1,
+                    last_error=None,
+                )
+            )
+            if result.drop_roles and row.ticket_id is not None:
+                stale = await s.execute(
+                    select(MessageLink).where(
+                        MessageLink.ticket_id == row.ticket_id,
+                        MessageLink.channel == row.channel,
+                        MessageLink.chat_key == row.target,
+                        MessageLink.role.in_(result.drop_roles),
+                    )
+                )
+                for link in stale.scalars():
+                    await s.delete(link)
+            if row.ticket_id is not None:
+                for role, key, tm_id in result.links:
+                    s.add(
+                        MessageLink(
+                            ticket_id=row.ticket_id,
+                            ticket_message_id=tm_id,
+                            role=role,
+                            channel=row.channel,
+                            chat_key=row.target,
+                            message_key=key,
+                            created_at=now,
+                        )
+                    )
+            return
+        attempts = row.attempts + 1
+        if result.permanent or attempts >= MAX_ATTEMPTS:
+            await s.execute(
+                update(Outbox)
+                .where(Outbox.id == row.id)
+                .values(
+                    status="failed",
                     attempts=attempts,
                     last_error=result.error[:2000],
-                    next_attempt_at=now + timedelta(seconds=delay),
                     locked_by=None,
                     locked_until=None,
                 )
             )
+            await log_event(
+                s,
+                "delivery_failed",
+                actor="outbox",
+                at=now,
+                ticket_id=row.ticket_id,
+                channel=row.channel,
+                outbox_kind=row.kind,
+                error=result.error[:300],
+            )
+            if result.unreachable and row.kind == "message":
+                await self.desk.mark_unreachable(s, row.channel, row.target, result.error, now)
+            return
+        delay = result.retry_after if result.retry_after is not None else backoff(attempts)
+        await s.execute(
+            update(Outbox)
+            .where(Outbox.id == row.id)
+            .values(
+                status="pending",
+                attempts=attempts,
+                last_error=result.error[:2000],
+                next_attempt_at=now + timedelta(seconds=delay),
+                locked_by=None,
+                locked_until=None,
+            )
+        )
 
 
 def _alive(worker_id: str) -> bool:
