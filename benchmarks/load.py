@@ -33,14 +33,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import text
 
-from bot.app import App  # noqa: E402
-from bot.domain import UserEvent, UserRef  # noqa: E402
-from bot.outbox import OutboxItem, SendResult, outbox_stats  # noqa: E402
-from bot.storage.db import Database  # noqa: E402
-from config.settings import DatabaseSettings, EscalationSettings, Settings  # noqa: E402
-from handlers.memory import MemorySender  # noqa: E402
+from bot.app import App
+from bot.domain import UserEvent, UserRef
+from bot.outbox import OutboxItem, SendResult, outbox_stats
+from bot.storage.db import Database
+from config.settings import DatabaseSettings, EscalationSettings, Settings
+from handlers.memory import MemorySender
 
 QUESTIONS = [
     "I forgot my password",
@@ -107,8 +107,9 @@ class SimUser:
             self.turns_in_request = 0
             if self.rng.random() < 0.5:
                 return UserEvent("memory", eid, self.ref, self.name, "command", command="new")
-            return UserEvent("memory", eid, self.ref, self.name, "message",
-                             text=self.rng.choice(QUESTIONS))
+            return UserEvent(
+                "memory", eid, self.ref, self.name, "message", text=self.rng.choice(QUESTIONS)
+            )
         choice = buttons[-1] if len(buttons) > 1 else buttons[0]
         if any("Done" in b["label"] for b in buttons):
             # Leave without escalating: keeps the run about the dialog, not ticket growth.
@@ -160,8 +161,10 @@ async def run(args: argparse.Namespace) -> None:
     await asyncio.gather(*(closed(u) for u in users))
     elapsed = time.perf_counter() - t0
     print(f"database: {url.split('://')[0]}  users: {args.users}")
-    print(f"throughput (closed loop, {elapsed:.0f} s): {turns / elapsed:.0f} dialog turns/s "
-          f"({turns} turns)")
+    print(
+        f"throughput (closed loop, {elapsed:.0f} s): {turns / elapsed:.0f} dialog turns/s "
+        f"({turns} turns)"
+    )
 
     # Phase 2: open loop at a fixed rate; latency = handle + delivery of the replies.
     latencies: list[float] = []
@@ -219,11 +222,17 @@ async def run(args: argparse.Namespace) -> None:
     tenth = max(1, len(rss) // 10)
     early = statistics.mean(m for _, m in rss[:tenth])
     late = statistics.mean(m for _, m in rss[-tenth:])
-    print(f"open loop at {args.rate}/s for {ran:.0f} s: {len(latencies)} turns, "
-          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    print(f"outbox lag: max {max(lags, default=0):.2f} s, mean {statistics.mean(lags or [0]):.2f} s;"
-          f" messages delivered {len(sender.delivered) - sent_before}")
-    print(f"RSS: {early:.0f} MB early, {late:.0f} MB late, growth {100 * (late - early) / early:.1f}%")
+    print(
+        f"open loop at {args.rate}/s for {ran:.0f} s: {len(latencies)} turns, "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    )
+    print(
+        f"outbox lag: max {max(lags, default=0):.2f} s, mean {statistics.mean(lags or [0]):.2f} s;"
+        f" messages delivered {len(sender.delivered) - sent_before}"
+    )
+    print(
+        f"RSS: {early:.0f} MB early, {late:.0f} MB late, growth {100 * (late - early) / early:.1f}%"
+    )
     await app.close()
 
 

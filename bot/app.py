@@ -5,27 +5,28 @@ Both the CLI and the tests build the application here, so what runs is what is t
 
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from kb.matcher import MatchSettings
-from kb.service import KnowledgeBase
 from sqlalchemy import select
 
 from bot.clock import Clock, SystemClock
 from bot.content import Content, load_content
 from bot.domain import AgentEvent, HandleResult, OutMessage, UserEvent, pick_lang
-from bot.i18n import t
 from bot.engine import DialogEngine
+from bot.i18n import t
 from bot.outbox import Dispatcher, Sender
 from bot.storage.db import Database
 from bot.storage.models import KbImpression
-from bot.storage.repo import enqueue, log_event
+from bot.storage.repo import claim_event, enqueue, log_event
 from config.problems import ContentError
 from config.settings import Settings
 from escalation.desk import Desk
 from escalation.timers import SlaTimers
+from kb.matcher import MatchSettings
+from kb.service import KnowledgeBase
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ class App:
         does not acknowledge the update and the platform delivers it again.
         """
         self.kb.reload_if_changed()
+        if ev.kind == "command" and ev.command == "digest" and self.is_manager(ev.user.key):
+            return await self._digest_command(ev)
         try:
             result = await self.engine.handle(ev)
         except Exception:
@@ -143,6 +146,48 @@ class App:
             result = HandleResult(refused=True, ack=t("internal_error", self.desk.l2_lang))
         await self._after()
         return result
+
+    def is_manager(self, user_key: str) -> bool:
+        """Managers: named in escalation.managers or digest.recipients, or in the platform
+        manager lists (``telegram.managers``, ``slack.managers``)."""
+        s = self.settings
+        if user_key in s.escalation.managers or user_key in s.digest.recipients:
+            return True
+        channel, _, uid = user_key.partition(":")
+        if channel == "telegram":
+            return uid in {str(m) for m in s.telegram.managers}
+        if channel == "slack":
+            return uid in set(s.slack.managers)
+        return False
+
+    async def _digest_command(self, ev: UserEvent) -> HandleResult:
+        """``/digest``: yesterday's digest (managers' time zone) for a manager, on demand.
+
+        Built outside the event's transaction (the report reads the database itself), then
+        the event is claimed and the reply queued in one unit of work.
+        """
+        from datetime import timedelta
+        from zoneinfo import ZoneInfo
+
+        from escalation.digest import build_digest
+
+        now = self.clock.now()
+        day = (now.astimezone(ZoneInfo(self.settings.digest.timezone)) - timedelta(days=1)).date()
+        lang = pick_lang(ev.user.language_code, self.settings.digest.language)
+        digest = await build_digest(self, day, now, lang=lang)
+        async with self.db.transaction() as s:
+            if not await claim_event(s, ev.channel, ev.event_id, now):
+                return HandleResult(duplicate=True)
+            await log_event(s, "digest_requested", actor=ev.user.key, at=now, day=day.isoformat())
+            payload = OutMessage(digest.text).to_payload()
+            if digest.image_png is not None:
+                payload["image_png_b64"] = base64.b64encode(digest.image_png).decode("ascii")
+                payload["image_name"] = digest.image_name
+            await enqueue(
+                s, channel=ev.channel, target=ev.chat_id, kind="message", payload=payload, now=now
+            )
+        await self._after()
+        return HandleResult()
 
     def _lang(self, ev: UserEvent) -> str:
         return pick_lang(ev.user.language_code, self.settings.dialog.default_language)

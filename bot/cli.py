@@ -353,6 +353,94 @@ def sla_explain(number: str) -> None:
     with_app(go)
 
 
+# ---------------------------------------------------------------------- reports
+
+
+def _parse_moment(value: str, tz_name: str, *, end: bool = False) -> datetime:
+    """``2026-03-01`` (a local day: its start, or its end with ``end``) or an ISO datetime."""
+    from datetime import date as date_cls
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(tz_name)
+    try:
+        day = date_cls.fromisoformat(value)
+    except ValueError:
+        at = datetime.fromisoformat(value)
+        return at if at.tzinfo else at.replace(tzinfo=tz)
+    start = datetime(day.year, day.month, day.day, tzinfo=tz)
+    return start + timedelta(days=1) if end else start
+
+
+@app.command()
+def report(
+    since: Annotated[str, typer.Option(help="Start: YYYY-MM-DD (local day) or ISO datetime.")],
+    until: Annotated[str, typer.Option(help="End: YYYY-MM-DD (whole day included) or ISO.")],
+    format_: Annotated[str, typer.Option("--format", help="text, json or csv.")] = "text",
+) -> None:
+    """The digest's figures for any period (managers' time zone for plain dates)."""
+    import csv
+
+    import yaml
+
+    from escalation.report import compute_report
+
+    if format_ not in ("text", "json", "csv"):
+        typer.echo("--format must be text, json or csv", err=True)
+        raise typer.Exit(2)
+
+    async def go(a: App) -> None:
+        tz = a.settings.digest.timezone
+        try:
+            start = _parse_moment(since, tz)
+            end = _parse_moment(until, tz, end=True)
+        except ValueError as exc:
+            typer.echo(f"bad date: {exc}", err=True)
+            raise typer.Exit(2) from None
+        rep = await compute_report(a.db, a.content, a.settings, start, end, a.clock.now())
+        if format_ == "json":
+            typer.echo(json.dumps(rep.to_json(), ensure_ascii=False, indent=2))
+        elif format_ == "csv":
+            csv.writer(sys.stdout).writerows(rep.to_csv_rows())
+        else:
+            typer.echo(yaml.safe_dump(rep.to_json(), allow_unicode=True, sort_keys=False))
+
+    with_app(go)
+
+
+@app.command()
+def digest(
+    day: Annotated[str | None, typer.Option(help="YYYY-MM-DD (default: yesterday).")] = None,
+    send: Annotated[bool, typer.Option(help="Queue it to the recipients (once a day).")] = False,
+    lang: Annotated[str | None, typer.Option(help="en or ru (default: [digest] language).")] = None,
+) -> None:
+    """Print the daily SLA digest, or send it to the configured recipients."""
+    from datetime import date as date_cls
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from escalation.digest import build_digest, send_digest
+
+    async def go(a: App) -> None:
+        now = a.clock.now()
+        tz = ZoneInfo(a.settings.digest.timezone)
+        the_day = (
+            date_cls.fromisoformat(day) if day else (now.astimezone(tz) - timedelta(days=1)).date()
+        )
+        if send:
+            n = await send_digest(a, the_day, now)
+            typer.echo(f"queued for {n} recipient(s); already sent ones are skipped")
+            return
+        d = await build_digest(a, the_day, now, lang=lang)
+        typer.echo(d.text)
+        if d.image_png is not None:
+            path = Path(d.image_name)
+            await asyncio.to_thread(path.write_bytes, d.image_png)
+            typer.echo(f"\n(chart saved to {path})")
+
+    with_app(go)
+
+
 # ---------------------------------------------------------------------- KB
 
 

@@ -679,6 +679,18 @@ class DialogEngine:
                 at=turn.now,
             )
         )
+        await log_event(
+            turn.s,
+            "kb_query",
+            actor=turn.actor(),
+            at=turn.now,
+            conversation_id=conv.id,
+            query=query[:500],
+            lang=turn.lang,
+            decision=result.decision,
+            top_article=top.article.id if top else None,
+            top_score=round(float(top.score), 4) if top else None,
+        )
         category = result.category or (top.article.category if top else None)
         if category is None:
             category, _ = self.kb.detect_category(query, turn.lang)
@@ -784,6 +796,7 @@ class DialogEngine:
             at=turn.now,
             conversation_id=turn.conv.id,
             articles=data.get("suggested", []),
+            query=str(data.get("query", ""))[:500],
         )
         await self._no_answer(turn)
 
@@ -805,6 +818,7 @@ class DialogEngine:
             conversation_id=turn.conv.id,
             article=imp.article_id,
             verdict=verdict,
+            query=imp.query[:500],
         )
 
     async def _kb_verdict(self, turn: Turn, helped: bool) -> None:

@@ -882,7 +882,9 @@ class Desk:
         await self.update_card(s, ticket, now)
         return HandleResult()
 
-    async def _end_pause(self, s: AsyncSession, ticket: Ticket, now: datetime) -> None:
+    async def _end_pause(
+        self, s: AsyncSession, ticket: Ticket, now: datetime, *, actor: str = "bot"
+    ) -> None:
         rows = await s.execute(
             select(TicketPause).where(
                 TicketPause.ticket_id == ticket.id, TicketPause.ended_at.is_(None)
@@ -890,6 +892,14 @@ class Desk:
         )
         for pause in rows.scalars():
             pause.ended_at = now
+            await log_event(
+                s,
+                "waiting_ended",
+                actor=actor,
+                at=now,
+                ticket_id=ticket.id,
+                since=pause.started_at.isoformat(),
+            )
         ticket.waiting_since = None
 
     async def _resolve(
@@ -910,19 +920,20 @@ class Desk:
             await self._assign(s, ticket, ev.agent.key, self._agent_name(ev), now, by=ev.agent.key)
         if ev.text.strip():
             await self._relay_to_user(s, ev, ticket, ev.text, now)
-        await self._end_pause(s, ticket, now)
-        ticket.status = "resolved"
-        ticket.resolved_at = now
-        ticket.level = "l2"
-        ticket.updated_at = now
+        await self._end_pause(s, ticket, now, actor=ev.agent.key)
         await log_event(
             s,
             "ticket_resolved",
             actor=ev.agent.key,
             at=now,
             ticket_id=ticket.id,
-            level=ticket.level,
+            level=ticket.level,  # the level that solved it, before the reset below
         )
+        ticket.status = "resolved"
+        ticket.resolved_at = now
+        ticket.level = "l2"
+        ticket.awaiting_reply_since = None  # a reopening starts a fresh next-response clock
+        ticket.updated_at = now
         await self.notice(
             s, ticket, lt("resolved", lang, agent=self._agent_name(ev), number=number), now
         )
@@ -936,6 +947,7 @@ class Desk:
                 chat.prompt_nonce = (chat.prompt_nonce or 0) + 1
                 nonce = chat.prompt_nonce
                 conv.state = "csat"
+                await log_event(s, "csat_asked", actor="bot", at=now, ticket_id=ticket.id)
                 buttons = [[_button(nonce, str(i), f"csat:{i}") for i in range(1, 6)]]
                 await self.to_user(s, ticket, OutMessage(t("csat_ask", ulang), buttons), now)
             else:

@@ -342,7 +342,9 @@ class _Render:
         monday = week_start(self.day)
         month = _MONTHS["ru" if self.lang == "ru" else "en"][self.day.month - 1]
         span = (
-            f"{monday.day}–{self.day.day} {month}"
+            f"{self.day.day} {month}"
+            if monday == self.day
+            else f"{monday.day}–{self.day.day} {month}"
             if monday.month == self.day.month
             else f"{monday.day}.{monday.month:02d}–{self.day.day}.{self.day.month:02d}"
         )

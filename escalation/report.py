@@ -429,6 +429,7 @@ class _Ticket:
     statuses: list[tuple[datetime, str]]
     owners: list[tuple[datetime, str | None]]
     levels: list[tuple[datetime, str]]
+    tiers: list[tuple[datetime, str]] = field(default_factory=list)
     pauses: list[tuple[datetime, datetime | None]] = field(default_factory=list)
     first_response_at: datetime | None = None
     # (at, level at that moment, actor) of every resolution.
@@ -443,6 +444,11 @@ class _Ticket:
     def priority_at(self, at: datetime) -> str:
         """The priority at ``at`` (the opening one before that)."""
         return _value_at(self.priorities, at) or self.priorities[0][1]
+
+    def tier_at(self, at: datetime) -> str:
+        """The license tier at ``at`` (L2 may correct it; the desk then recomputes every
+        deadline in the new tier, and so does the report)."""
+        return _value_at(self.tiers, at) or self.tier
 
     def owner_at(self, at: datetime) -> str | None:
         """Who owned the ticket at ``at``."""
@@ -494,6 +500,7 @@ def _replay(events: Sequence[Event]) -> _Ticket | None:
         owners=[(opened.at, None)],
         levels=[(opened.at, "l2")],
     )
+    tk.tiers.append((opened.at, tk.tier))
     status, level, owner = "open", "l2", None
     awaiting: _NextClock | None = None
     pause_from: datetime | None = None
@@ -574,6 +581,8 @@ def _replay(events: Sequence[Event]) -> _Ticket | None:
             tk.levels.append((at, level))
         elif kind == "priority_changed" and data.get("new"):
             tk.priorities.append((at, str(data["new"])))
+        elif kind == "tier_changed" and data.get("new"):
+            tk.tiers.append((at, str(data["new"])))
     if pause_from is not None:
         tk.pauses.append((pause_from, None))
     return tk
@@ -588,6 +597,7 @@ class _Outcome:
 
     ticket: _Ticket
     target: str
+    tier: str
     priority: str
     at: datetime
     met: bool
@@ -659,31 +669,34 @@ class History:
         """Judge one clock from ``start``: each ``(moment, done)`` stop ends a stretch;
         a done stop within target is "met"; the deadline passing while the ticket is
         open and the clock running is one "breach"."""
-        cal = self.content.sla.calendar_for(tk.tier)
         out: list[_Outcome] = []
         breached = False
         for moment, done in stops:
             if moment > self.now:
                 break
-            prio = tk.priority_at(moment)
-            limit = self.content.sla.targets_for(tk.tier, prio).get(target)
+            prio, tier = tk.priority_at(moment), tk.tier_at(moment)
+            cal = self.content.sla.calendar_for(tier)
+            limit = self.content.sla.targets_for(tier, prio).get(target)
             used = cal.consumed(start, moment, tk.pauses_until(moment))
             if used <= limit:
                 if done:
-                    out.append(_Outcome(tk, target, prio, moment, met=True))
+                    out.append(_Outcome(tk, target, tier, prio, moment, met=True))
                 continue
             if not breached:
                 breached = True
                 due = cal.deadline(start, limit, tk.pauses) or moment
                 when = tk.next_open(due, self.now) or due
                 out.append(
-                    _Outcome(tk, target, prio, min(when, moment), met=False, over=used - limit)
+                    _Outcome(
+                        tk, target, tier, prio, min(when, moment), met=False, over=used - limit
+                    )
                 )
         last = stops[-1][0] if stops else None
         running = last is None or (target == "resolution" and tk.is_open_at(self.now))
         if running and not breached:
-            prio = tk.priority_at(self.now)
-            limit = self.content.sla.targets_for(tk.tier, prio).get(target)
+            prio, tier = tk.priority_at(self.now), tk.tier_at(self.now)
+            cal = self.content.sla.calendar_for(tier)
+            limit = self.content.sla.targets_for(tier, prio).get(target)
             used = cal.consumed(start, self.now, tk.pauses)
             if used > limit:
                 due = cal.deadline(start, limit, tk.pauses) or self.now
@@ -693,6 +706,7 @@ class History:
                         _Outcome(
                             tk,
                             target,
+                            tier,
                             prio,
                             breach_at,
                             met=False,
@@ -821,7 +835,6 @@ class History:
         """First-response or resolution business times of the period, per tier."""
         per_tier: dict[str, list[timedelta]] = defaultdict(list)
         for tk in self.tickets.values():
-            cal = self.content.sla.calendar_for(tk.tier)
             end: datetime | None
             if kind == "first_response":
                 end = tk.first_response_at
@@ -832,7 +845,9 @@ class History:
                 if not inside:
                     continue
                 end = inside[-1]
-            per_tier[tk.tier].append(cal.consumed(tk.opened_at, end, tk.pauses_until(end)))
+            tier = tk.tier_at(end)
+            cal = self.content.sla.calendar_for(tier)
+            per_tier[tier].append(cal.consumed(tk.opened_at, end, tk.pauses_until(end)))
         rows = [
             TimeStats(tier, len(v), percentile(v, 50), percentile(v, 90))
             for tier, v in sorted(per_tier.items(), key=lambda kv: self._tier_rank(kv[0]))
@@ -852,7 +867,7 @@ class History:
         for o in self._outcomes:
             if not self._in(o.at, since, until):
                 continue
-            key = (o.ticket.tier, o.priority, o.target)
+            key = (o.tier, o.priority, o.target)
             if o.met:
                 met[key] += 1
             else:
@@ -870,7 +885,7 @@ class History:
                 ticket_id=o.ticket.id,
                 number=o.ticket.number,
                 target=o.target,
-                tier=o.ticket.tier,
+                tier=o.tier,
                 priority=o.priority,
                 due=o.at,
                 over=o.over,
@@ -890,9 +905,9 @@ class History:
         for tk in self.tickets.values():
             if not tk.is_open_at(now):
                 continue
-            cal = self.content.sla.calendar_for(tk.tier)
-            prio = tk.priority_at(now)
-            targets = self.content.sla.targets_for(tk.tier, prio)
+            prio, tier = tk.priority_at(now), tk.tier_at(now)
+            cal = self.content.sla.calendar_for(tier)
+            targets = self.content.sla.targets_for(tier, prio)
             clocks: list[tuple[str, datetime]] = [("resolution", tk.opened_at)]
             if tk.first_response_at is None:
                 clocks.append(("first_response", tk.opened_at))
@@ -911,7 +926,7 @@ class History:
                     ticket_id=tk.id,
                     number=tk.number,
                     target=target,
-                    tier=tk.tier,
+                    tier=tier,
                     priority=prio,
                     due=cal.deadline(start, limit, tk.pauses),
                     remaining=left,

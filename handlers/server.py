@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from datetime import UTC
 from typing import Protocol
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from bot.app import App
 from bot.clock import Clock
@@ -78,6 +80,48 @@ def build_web(app: App) -> web.Application:
     return web_app
 
 
+async def run_digest(app: App, wake: Callable[[], None]) -> int:
+    """Send the latest due digest once (idempotent across calls and processes)."""
+    from escalation.digest import send_due
+
+    try:
+        sent = await send_due(app, app.clock.now())
+    except Exception:
+        log.exception("digest failed; the next run retries")
+        return 0
+    if sent:
+        wake()
+    return sent
+
+
+def schedule_digest(app: App, scheduler: AsyncIOScheduler, wake: Callable[[], None]) -> None:
+    """A cron job at the managers' local time, plus a safety net every 10 minutes.
+
+    APScheduler's cron trigger keeps the local wall-clock time across DST changes; the
+    digest itself is claimed per day and chat, so the two jobs never send twice.
+    """
+    hour, minute = (int(x) for x in app.settings.digest.time.split(":"))
+    scheduler.add_job(
+        run_digest,
+        CronTrigger(hour=hour, minute=minute, timezone=app.settings.digest.timezone),
+        args=[app, wake],
+        id="digest:daily",
+        replace_existing=True,
+        misfire_grace_time=3600,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        run_digest,
+        "interval",
+        minutes=10,
+        args=[app, wake],
+        id="digest:catch-up",
+        replace_existing=True,
+        coalesce=True,
+        max_instances=1,
+    )
+
+
 async def serve(
     settings: Settings,
     clock: Clock | None = None,
@@ -104,6 +148,9 @@ async def serve(
     site = web.TCPSite(runner, settings.http.host, settings.http.port)
     await site.start()
     log.info("HTTP server on %s:%s", settings.http.host, settings.http.port)
+    if settings.digest.enabled and settings.digest.recipients:
+        schedule_digest(app, scheduler, dispatcher.wake)
+        await run_digest(app, dispatcher.wake)  # a digest missed while we were down
     scheduler.start()
     await app.timers.sweep()  # whatever came due while we were down
     delivery = asyncio.create_task(dispatcher.run_forever(stop), name="outbox")

@@ -68,7 +68,8 @@ def test_kb_search_json_over_a_custom_kb_folder(tmp_path: Path) -> None:
         "---\nid: vpn\ntitle: VPN\ncategory: network\nlang: en\nquestions:\n"
         "  - vpn does not connect\n  - cannot connect to the vpn\n  - vpn connection fails\n"
         "---\nReinstall the profile.\n", encoding="utf-8")
-    out = _cli(tmp_path, "kb", "search", "--json", stdin="I want a refund please\nvpn wont connect\n",
+    out = _cli(tmp_path, "kb", "search", "--json",
+               stdin="I want a refund please\nvpn wont connect\n",
                env={"FIRSTLINE_KB_DIR": str(kb)})
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
@@ -94,3 +95,34 @@ def test_customers_import_csv_and_tickets_json(tmp_path: Path) -> None:
     assert tickets == []  # solved by the checklist: no ticket
     empty = _cli(tmp_path, "tickets")
     assert "no open tickets" in empty.stdout
+
+
+def test_report_agrees_with_tickets_after_console_sessions(tmp_path: Path) -> None:
+    from tests.test_console import _account, _unsolved_path
+
+    escalate = ["I forgot my password", "2", *_unsolved_path(_account()), "details", "1", "2"]
+    solved = _cli(tmp_path, "chat", "--user", "cat", stdin="I forgot my password\n1\n")
+    assert "glad" in solved.stdout
+    for user in ("ann", "bob"):
+        out = _cli(tmp_path, "chat", "--user", user, stdin="\n".join(escalate) + "\n")
+        assert "is created" in out.stdout, out.stdout
+    l2 = _cli(tmp_path, "chat", "--as", "l2", "--name", "eve",
+              stdin="reply FL-1001 Fixed it for you\nresolve FL-1001\n")
+    assert l2.returncode == 0
+    tickets = json.loads(_cli(tmp_path, "tickets", "--all", "--json").stdout)
+    from datetime import date
+
+    today = date.today().isoformat()
+    rep = _cli(tmp_path, "report", "--since", "2000-01-01", "--until", today, "--format", "json")
+    assert rep.returncode == 0, rep.stderr
+    data = json.loads(rep.stdout)
+    volume = data["volume"]
+    assert volume["escalated"] == len(tickets) == 2
+    assert volume["resolved_l2"] == sum(t["status"] == "resolved" for t in tickets) == 1
+    assert volume["backlog"] == sum(t["status"] == "open" for t in tickets) == 1
+    assert volume["solved_kb"] == 1
+    text = _cli(tmp_path, "report", "--since", "2000-01-01", "--until", today)
+    assert "escalated: 2" in text.stdout
+    csv_out = _cli(tmp_path, "report", "--since", "2000-01-01", "--until", today,
+                   "--format", "csv")
+    assert csv_out.stdout.splitlines()[0].startswith("section")
