@@ -1,0 +1,753 @@
+"""Telegram delivery: one outbox row -> Bot API calls, within Telegram's rate limits.
+
+The dispatcher (:mod:`bot.outbox`) keeps per-chat order, persistence and retries; this module
+renders, paces the calls, and maps every Bot API outcome onto a :class:`SendResult`:
+429 -> ``retry_after``; 5xx, timeouts and network errors -> retry with backoff; 403 from a user
+-> permanent and unreachable; "message is not modified" -> success; a card or topic that was
+deleted -> posted anew (``drop_roles``), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiogram import Bot
+from aiogram.exceptions import (
+    AiogramError,
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import (
+    InlineKeyboardMarkup,
+    InputMediaAudio,
+    InputMediaDocument,
+    InputMediaPhoto,
+    InputMediaVideo,
+    MediaUnion,
+    Message,
+    ReplyParameters,
+)
+
+from bot.outbox import OutboxItem, SendResult
+from handlers.telegram_render import (
+    MAX_CAPTION,
+    CallbackSigner,
+    card_keyboard,
+    esc,
+    post_pieces,
+    render_card,
+    render_text,
+    split_text,
+    topic_name,
+    utf16_len,
+    visible,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "telegram"
+T = TypeVar("T")
+ALBUM_KINDS = ("photo", "video", "document", "audio")
+GLOBAL = "*"  # the limiter key of calls that only count against the global rate
+
+# Bot API descriptions we act on (matched case-insensitively as substrings).
+NOT_MODIFIED = ("message is not modified", "topic_not_modified")
+EDIT_TARGET_GONE = ("message to edit not found", "message_id_invalid", "message can't be edited")
+THREAD_GONE = (
+    "message thread not found",
+    "thread not found",
+    "topic_deleted",
+    "topic_closed",
+    "topic_id_invalid",
+)
+NO_TOPICS = ("not enough rights", "chat is not a forum", "not a forum", "chat_not_modified")
+BAD_MARKUP = ("can't parse entities", "unsupported start tag", "can't find end")
+BAD_FILE = ("wrong file identifier", "wrong remote file", "file_id", "wrong type of the web page")
+GONE_USER = ("chat not found", "user is deactivated", "peer_id_invalid")
+
+
+def _has(exc: TelegramAPIError, needles: tuple[str, ...]) -> bool:
+    text = exc.message.lower()
+    return any(n in text for n in needles)
+
+
+# ---------------------------------------------------------------------- rate limits
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Telegram's published limits as token buckets (bursts are tolerated, averages are not).
+
+    ``max_wait``: a longer wait is not slept inside the call but handed back to the outbox as
+    ``retry_after``, so one busy group never holds up every other chat's delivery.
+    """
+
+    global_per_second: float = 30.0
+    private_per_second: float = 1.0
+    private_burst: float = 3.0
+    group_per_minute: float = 20.0
+    group_burst: float = 20.0
+    max_wait: float = 5.0
+
+    @classmethod
+    def unlimited(cls) -> RateLimits:
+        """No pacing (tests against a fake server)."""
+        big = 1e9
+        return cls(big, big, big, big * 60, big, 0.0)
+
+
+@dataclass
+class _Bucket:
+    rate: float  # tokens per second
+    burst: float
+    tokens: float
+    at: float
+
+
+class RateLimiter:
+    """Reservation-style token buckets: global, and one per chat (private vs group)."""
+
+    def __init__(
+        self,
+        limits: RateLimits,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.sleep = sleep
+        now = clock()
+        self._global = _Bucket(limits.global_per_second, limits.global_per_second, 1.0, now)
+        self._global.tokens = self._global.burst
+        self._chats: dict[str, _Bucket] = {}
+
+    def _bucket(self, chat: str, now: float) -> _Bucket:
+        if chat == GLOBAL:
+            return self._global
+        b = self._chats.get(chat)
+        if b is None:
+            if chat.startswith("-"):  # groups and channels have negative ids
+                rate, burst = self.limits.group_per_minute / 60.0, self.limits.group_burst
+            else:
+                rate, burst = self.limits.private_per_second, self.limits.private_burst
+            b = self._chats[chat] = _Bucket(rate, burst, burst, now)
+        return b
+
+    @staticmethod
+    def _refill(b: _Bucket, now: float) -> None:
+        b.tokens = min(b.burst, b.tokens + (now - b.at) * b.rate)
+        b.at = now
+
+    def reserve(self, chat: str) -> float:
+        """Take a token from both buckets; the seconds to wait before the call (0 = now).
+
+        A wait longer than ``max_wait`` is returned without taking anything.
+        """
+        now = self.clock()
+        buckets = tuple({id(b): b for b in (self._global, self._bucket(chat, now))}.values())
+        for b in buckets:
+            self._refill(b, now)
+        wait = max((1.0 - b.tokens) / b.rate if b.tokens < 1.0 else 0.0 for b in buckets)
+        if wait > self.limits.max_wait:
+            return wait
+        for b in buckets:
+            b.tokens -= 1.0
+        return wait
+
+    async def acquire(self, chat: str, *, edit: bool = False) -> None:
+        """Wait for a slot; raise :class:`Deferred` when it is too far away.
+
+        Edits (of a card, a keyboard, a topic name) are not new messages: Telegram's
+        per-chat limits are about sending, so edits only count against the global rate.
+        """
+        wait = self.reserve(GLOBAL if edit else chat)
+        if wait > self.limits.max_wait:
+            raise Deferred(wait)
+        if wait > 0:
+            await self.sleep(wait)
+
+
+class Deferred(Exception):
+    """Our own limiter says: try this row again in ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"rate limited locally for {wait:.1f}s")
+        self.wait = wait
+
+
+class ThreadGone(Exception):
+    """The forum topic a message was meant for was deleted or closed."""
+
+
+# ---------------------------------------------------------------------- progress
+
+
+@dataclass
+class _Progress:
+    """Calls of one outbox row that already succeeded: a retry skips them (no duplicates)."""
+
+    done: dict[str, Any] = field(default_factory=dict)
+    links: list[tuple[str, str, int | None]] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Home:
+    """Where a ticket's messages go in a desk chat."""
+
+    thread_id: int | None = None
+    reply_to: int | None = None
+
+
+class TelegramSender:
+    """The :class:`bot.outbox.Sender` of the Telegram channel."""
+
+    channel = CHANNEL
+
+    def __init__(
+        self,
+        bot: Bot,
+        signer: CallbackSigner,
+        *,
+        limits: RateLimits | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.bot = bot
+        self.signer = signer
+        self.limiter = limiter or RateLimiter(limits or RateLimits())
+        self._progress: dict[int, _Progress] = {}
+        self._forum: dict[int, bool] = {}
+        self._topic_names: dict[tuple[int, int], str] = {}
+        self._migrated: dict[int, int] = {}
+        self._keyboards: dict[int, int] = {}  # user chat -> the message with its live buttons
+
+    # ------------------------------------------------------------------ entry point
+
+    async def send(self, item: OutboxItem) -> SendResult:
+        """Deliver one outbox row; never raises for a Bot API outcome."""
+        prog = self._progress.setdefault(item.id, _Progress())
+        try:
+            await self._dispatch(item, prog)
+        except Deferred as d:
+            return SendResult(ok=False, retry_after=d.wait, error=str(d))
+        except TelegramRetryAfter as e:
+            return SendResult(ok=False, retry_after=float(e.retry_after), error=_err(e))
+        except TelegramMigrateToChat as e:
+            # The group became a supergroup: follow it; the admin should update the chat id.
+            old = _chat(item.target)
+            self._migrated[old] = e.migrate_to_chat_id
+            log.error(
+                "Telegram chat %s migrated to %s: set the new id in the settings",
+                old,
+                e.migrate_to_chat_id,
+            )
+            return SendResult(ok=False, retry_after=0.0, error=_err(e))
+        except TelegramForbiddenError as e:
+            if _is_private(item.target):
+                self._progress.pop(item.id, None)
+                return SendResult(ok=False, permanent=True, unreachable=True, error=_err(e))
+            # Kicked from a desk group: keep the row until an admin adds the bot back.
+            log.error("the bot cannot post in chat %s: %s", item.target, e.message)
+            return SendResult(ok=False, error=_err(e))
+        except TelegramBadRequest as e:
+            if _is_private(item.target) and _has(e, GONE_USER):
+                self._progress.pop(item.id, None)
+                return SendResult(ok=False, permanent=True, unreachable=True, error=_err(e))
+            log.warning("Telegram refused outbox row %s (%s): %s", item.id, item.kind, e.message)
+            self._progress.pop(item.id, None)
+            return SendResult(ok=False, permanent=True, error=_err(e))
+        except TelegramEntityTooLarge as e:
+            self._progress.pop(item.id, None)
+            return SendResult(ok=False, permanent=True, error=_err(e))
+        except (TelegramServerError, TelegramNetworkError, TelegramAPIError) as e:
+            # 5xx, timeouts, connection errors, 401/404/409: transient or an admin's fix away.
+            return SendResult(ok=False, error=_err(e))
+        except (ThreadGone, AiogramError, TimeoutError, OSError) as e:
+            # Topic trouble we could not route around, malformed responses, raw I/O errors.
+            return SendResult(ok=False, error=f"{type(e).__name__}: {e}"[:500])
+        self._progress.pop(item.id, None)
+        return SendResult(links=list(prog.links), drop_roles=list(dict.fromkeys(prog.drop)))
+
+    async def _dispatch(self, item: OutboxItem, prog: _Progress) -> None:
+        if item.kind == "message":
+            await self._message(item, prog)
+        elif item.kind == "ticket_card":
+            await self._card(item, prog)
+        elif item.kind == "ticket_post":
+            await self._post(item, prog)
+        elif item.kind == "agent_notice":
+            await self._notice(item, prog)
+        elif item.kind == "notify":
+            await self._texts(
+                prog, "n", self._target(item), split_text(str(item.payload.get("text", "")))
+            )
+        else:
+            log.warning("outbox row %s has unknown kind %r; skipped", item.id, item.kind)
+
+    # ------------------------------------------------------------------ primitives
+
+    def _target(self, item: OutboxItem) -> int:
+        chat = _chat(item.target)
+        return self._migrated.get(chat, chat)
+
+    async def _once(self, prog: _Progress, key: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` unless an earlier attempt of the same row already did."""
+        if key in prog.done:
+            done: T = prog.done[key]
+            return done
+        result = await call()
+        prog.done[key] = result
+        return result
+
+    async def _send_html(
+        self,
+        chat: int,
+        html_text: str,
+        *,
+        plain: str | None = None,
+        markup: InlineKeyboardMarkup | None = None,
+        home: _Home | None = None,
+    ) -> int:
+        """sendMessage in HTML; if Telegram cannot parse our markup, send the plain text."""
+        await self.limiter.acquire(str(chat))
+        home = home or _Home()
+        reply = (
+            ReplyParameters(message_id=home.reply_to, allow_sending_without_reply=True)
+            if home.reply_to
+            else None
+        )
+        try:
+            msg = await self.bot.send_message(
+                chat_id=chat,
+                text=html_text,
+                parse_mode="HTML",
+                reply_markup=markup,
+                message_thread_id=home.thread_id,
+                reply_parameters=reply,
+            )
+        except TelegramBadRequest as e:
+            if _has(e, THREAD_GONE):
+                raise ThreadGone(e.message) from e
+            if not _has(e, BAD_MARKUP):
+                raise
+            log.error("Telegram could not parse our HTML (%s); sending plain text", e.message)
+            msg = await self.bot.send_message(
+                chat_id=chat,
+                text=plain if plain is not None else visible(html_text),
+                parse_mode=None,
+                reply_markup=markup,
+                message_thread_id=home.thread_id,
+                reply_parameters=reply,
+            )
+        return msg.message_id
+
+    async def _texts(
+        self,
+        prog: _Progress,
+        key: str,
+        chat: int,
+        pieces: list[str],
+        *,
+        markdown: bool = False,
+        markup: InlineKeyboardMarkup | None = None,
+        home: _Home | None = None,
+    ) -> list[int]:
+        """Send source-text pieces in order (rendered to HTML), buttons on the last one."""
+        ids: list[int] = []
+        for n, piece in enumerate(pieces):
+            last = n == len(pieces) - 1
+            html_text = render_text(piece, markdown=markdown)
+
+            async def call(
+                html_text: str = html_text, piece: str = piece, last: bool = last
+            ) -> int:
+                return await self._send_html(
+                    chat, html_text, plain=piece, markup=markup if last else None, home=home
+                )
+
+            ids.append(await self._once(prog, f"{key}:{n}", call))
+        return ids
+
+    async def _media(
+        self,
+        prog: _Progress,
+        key: str,
+        chat: int,
+        attachments: list[dict[str, Any]],
+        *,
+        caption: str | None = None,
+        home: _Home | None = None,
+    ) -> list[int]:
+        """Send attachments by file id: albums for photos/videos (and for documents, audio),
+        one call per voice note or other file. Files from other platforms become a line of text.
+        """
+        home = home or _Home()
+        ids: list[int] = []
+        ours = [
+            a for a in attachments if a.get("channel") in ("", CHANNEL, None) and a.get("file_id")
+        ]
+        foreign = [a for a in attachments if a not in ours]
+        # Albums for what Telegram can group (photos with videos, documents, audio), one call
+        # for anything else; the caption rides on the first call.
+        sends: list[list[dict[str, Any]]] = []
+        for kinds in (("photo", "video"), ("document",), ("audio",)):
+            same = [a for a in ours if a.get("kind") in kinds]
+            sends.extend(same[i : i + 10] for i in range(0, len(same), 10))
+        sends.extend([a] for a in ours if a.get("kind") not in ALBUM_KINDS)
+        for n, group in enumerate(sends):
+            cap = caption if n == 0 else None
+
+            async def call(group: list[dict[str, Any]] = group, cap: str | None = cap) -> list[int]:
+                if len(group) == 1:
+                    return [await self._single(chat, group[0], cap, home)]
+                return await self._album(chat, group, cap, home)
+
+            ids.extend(await self._once(prog, f"{key}:{n}", call))
+        if foreign:
+            names = ", ".join(str(a.get("name") or a.get("kind") or "file") for a in foreign)
+            ids.extend(await self._texts(prog, f"{key}:f", chat, [f"📎 {names}"], home=home))
+        if caption is not None and not sends:
+            ids.extend(
+                await self._once(prog, f"{key}:c", lambda: self._caption_only(chat, caption, home))
+            )
+        return ids
+
+    async def _caption_only(self, chat: int, caption: str, home: _Home) -> list[int]:
+        return [await self._send_html(chat, caption, home=home)]
+
+    async def _album(
+        self, chat: int, group: list[dict[str, Any]], caption: str | None, home: _Home
+    ) -> list[int]:
+        media: list[MediaUnion] = []
+        for n, a in enumerate(group):
+            cap = caption if n == 0 else None
+            kind = a.get("kind")
+            fid = str(a["file_id"])
+            if kind == "photo":
+                media.append(InputMediaPhoto(media=fid, caption=cap, parse_mode="HTML"))
+            elif kind == "video":
+                media.append(InputMediaVideo(media=fid, caption=cap, parse_mode="HTML"))
+            elif kind == "audio":
+                media.append(InputMediaAudio(media=fid, caption=cap, parse_mode="HTML"))
+            else:
+                media.append(InputMediaDocument(media=fid, caption=cap, parse_mode="HTML"))
+        await self.limiter.acquire(str(chat))
+        try:
+            msgs = await self.bot.send_media_group(
+                chat_id=chat,
+                media=media,
+                message_thread_id=home.thread_id,
+                reply_parameters=_reply(home),
+            )
+        except TelegramBadRequest as e:
+            if _has(e, THREAD_GONE):
+                raise ThreadGone(e.message) from e
+            if not _has(e, BAD_FILE):
+                raise
+            names = ", ".join(str(a.get("name") or a.get("kind")) for a in group)
+            return [await self._send_html(chat, f"📎 {esc(names)} (file unavailable)", home=home)]
+        return [m.message_id for m in msgs]
+
+    async def _single(self, chat: int, a: dict[str, Any], caption: str | None, home: _Home) -> int:
+        kind = str(a.get("kind") or "document")
+        fid = str(a["file_id"])
+        common: dict[str, Any] = {
+            "chat_id": chat,
+            "message_thread_id": home.thread_id,
+            "reply_parameters": _reply(home),
+        }
+        senders: dict[str, Callable[..., Awaitable[Message]]] = {
+            "photo": lambda: self.bot.send_photo(photo=fid, caption=caption, **common),
+            "video": lambda: self.bot.send_video(video=fid, caption=caption, **common),
+            "voice": lambda: self.bot.send_voice(voice=fid, caption=caption, **common),
+            "audio": lambda: self.bot.send_audio(audio=fid, caption=caption, **common),
+            "animation": lambda: self.bot.send_animation(animation=fid, caption=caption, **common),
+            "video_note": lambda: self.bot.send_video_note(video_note=fid, **common),
+        }
+        call = senders.get(
+            kind, lambda: self.bot.send_document(document=fid, caption=caption, **common)
+        )
+        await self.limiter.acquire(str(chat))
+        try:
+            msg = await call()
+        except TelegramBadRequest as e:
+            if _has(e, THREAD_GONE):
+                raise ThreadGone(e.message) from e
+            if not _has(e, BAD_FILE):
+                raise
+            name = a.get("name") or kind
+            return await self._send_html(chat, f"📎 {esc(name)} (file unavailable)", home=home)
+        return msg.message_id
+
+    # ------------------------------------------------------------------ end-user messages
+
+    async def _message(self, item: OutboxItem, prog: _Progress) -> None:
+        p = item.payload
+        chat = self._target(item)
+        text = str(p.get("text") or "")
+        markdown = bool(p.get("markdown"))
+        markup = _user_markup(p.get("buttons") or [])
+        attachments = list(p.get("attachments") or [])
+        pieces = split_text(text) if text.strip() else []
+        if not pieces and markup is not None:
+            pieces = ["⬇️"]
+        ids = await self._texts(prog, "t", chat, pieces, markdown=markdown, markup=markup)
+        if markup is not None and ids:
+            await self._retire_keyboard(chat, ids[-1])
+        if attachments:
+            await self._media(prog, "m", chat, attachments)
+
+    async def _retire_keyboard(self, chat: int, newest: int) -> None:
+        """New buttons make the previous ones stale (the engine bumped the prompt): take the
+        old keyboard off the screen. Cosmetic — a stale press is refused politely anyway."""
+        old = self._keyboards.get(chat)
+        self._keyboards[chat] = newest
+        if old is None or old == newest:
+            return
+        with contextlib.suppress(TelegramAPIError, Deferred):
+            await self.limiter.acquire(str(chat), edit=True)
+            await self.bot.edit_message_reply_markup(
+                chat_id=chat, message_id=old, reply_markup=None
+            )
+
+    # ------------------------------------------------------------------ the desk
+
+    async def is_forum(self, chat: int) -> bool:
+        """Whether a desk chat has topics (cached; refreshed when Telegram says otherwise)."""
+        if chat not in self._forum:
+            info = await self.bot.get_chat(chat_id=chat)
+            self._forum[chat] = bool(info.is_forum)
+        return self._forum[chat]
+
+    def forget_chat(self, chat: int) -> None:
+        """Look the chat up again next time (it may have become a forum, or stopped being one)."""
+        self._forum.pop(chat, None)
+
+    async def _new_topic(self, prog: _Progress, key: str, chat: int, name: str) -> int | None:
+        """Create a topic; ``None`` when the chat cannot have one (we fall back to a card)."""
+
+        async def call() -> int | None:
+            await self.limiter.acquire(str(chat))
+            try:
+                topic = await self.bot.create_forum_topic(chat_id=chat, name=name)
+            except TelegramBadRequest as e:
+                if not _has(e, NO_TOPICS):
+                    raise
+                log.warning(
+                    "cannot create a topic in %s (%s): posting a card instead", chat, e.message
+                )
+                if "forum" in e.message.lower():
+                    self._forum[chat] = False
+                return None
+            self._topic_names[(chat, topic.message_thread_id)] = name
+            return topic.message_thread_id
+
+        thread: int | None = await self._once(prog, key, call)
+        if thread is not None and ("topic", str(thread), None) not in prog.links:
+            prog.links.append(("topic", str(thread), None))
+        return thread
+
+    async def _send_card(
+        self, item: OutboxItem, prog: _Progress, chat: int, key: str, thread: int | None
+    ) -> int:
+        assert item.card is not None
+        html_text = render_card(item.card)
+        markup = card_keyboard(item.card, self.signer, chat)
+        mid: int = await self._once(
+            prog,
+            key,
+            lambda: self._send_html(chat, html_text, markup=markup, home=_Home(thread_id=thread)),
+        )
+        if ("card", str(mid), None) not in prog.links:
+            prog.links.append(("card", str(mid), None))
+        return mid
+
+    async def _rehome(self, item: OutboxItem, prog: _Progress, chat: int, attempt: int) -> _Home:
+        """A fresh home for a ticket whose topic or card vanished: a new topic with the card,
+        or — where topics are impossible — a new card message in the chat."""
+        prog.drop.extend(["topic", "card"])
+        prog.links = [link for link in prog.links if link[0] not in ("topic", "card")]
+        thread: int | None = None
+        if item.card is not None and await self.is_forum(chat):
+            thread = await self._new_topic(prog, f"topic{attempt}", chat, topic_name(item.card))
+        if item.card is None:
+            return _Home(thread_id=thread)
+        card_id = await self._send_card(item, prog, chat, f"card{attempt}", thread)
+        return _Home(thread_id=thread, reply_to=None if thread else card_id)
+
+    async def _card(self, item: OutboxItem, prog: _Progress) -> None:
+        card = item.card
+        if card is None:
+            return  # the ticket is gone; nothing to show
+        chat = self._target(item)
+        topic = _last_int(item.links.get("topic"))
+        card_id = _last_int(item.links.get("card"))
+        if card_id is not None and "edited" not in prog.done:
+            html_text = render_card(card)
+            markup = card_keyboard(card, self.signer, chat)
+            await self.limiter.acquire(str(chat), edit=True)
+            try:
+                await self.bot.edit_message_text(
+                    chat_id=chat,
+                    message_id=card_id,
+                    text=html_text,
+                    parse_mode="HTML",
+                    reply_markup=markup,
+                )
+            except TelegramBadRequest as e:
+                if _has(e, NOT_MODIFIED):
+                    pass
+                elif _has(e, EDIT_TARGET_GONE):
+                    card_id = None  # deleted: post it anew below
+                else:
+                    raise
+            if card_id is not None:
+                prog.done["edited"] = True
+                if topic is not None:
+                    await self._rename(chat, topic, topic_name(card))
+                return
+        if card_id is not None:
+            return
+        # First delivery, or the card message vanished.
+        if item.links.get("card"):
+            prog.drop.append("card")
+        thread = topic
+        if thread is None and await self.is_forum(chat):
+            thread = await self._new_topic(prog, "topic", chat, topic_name(card))
+        try:
+            await self._send_card(item, prog, chat, "card", thread)
+        except ThreadGone:
+            self.forget_chat(chat)
+            await self._rehome(item, prog, chat, 1)
+        if topic is not None and "topic" not in prog.drop:
+            await self._rename(chat, topic, topic_name(card))
+
+    async def _rename(self, chat: int, thread: int, name: str) -> None:
+        """Rename the ticket's topic when its status changed (cosmetic: errors are logged)."""
+        if self._topic_names.get((chat, thread)) == name:
+            return
+        try:
+            await self.limiter.acquire(str(chat), edit=True)
+            await self.bot.edit_forum_topic(chat_id=chat, message_thread_id=thread, name=name)
+        except Deferred:
+            return  # next card update renames it
+        except TelegramBadRequest as e:
+            if not _has(e, NOT_MODIFIED):
+                log.info("could not rename topic %s in %s: %s", thread, chat, e.message)
+                return
+        self._topic_names[(chat, thread)] = name
+
+    def _home(self, item: OutboxItem) -> _Home:
+        topic = _last_int(item.links.get("topic"))
+        if topic is not None:
+            return _Home(thread_id=topic)
+        return _Home(reply_to=_last_int(item.links.get("card")))
+
+    async def _post(self, item: OutboxItem, prog: _Progress) -> None:
+        p = item.payload
+        chat = self._target(item)
+        home = self._home(item)
+        if home.thread_id is None and home.reply_to is None and item.card is not None:
+            # A post before any card (e.g. the card row failed for good): give it a home.
+            home = await self._rehome(item, prog, chat, 0)
+            prog.drop.clear()
+        tm_id = p.get("message_id")
+        tm = int(tm_id) if isinstance(tm_id, int | str) and str(tm_id).isdigit() else None
+        for attempt in range(3):
+            try:
+                ids = await self._post_body(prog, f"p{attempt}", chat, p, home)
+            except ThreadGone:
+                self.forget_chat(chat)
+                home = await self._rehome(item, prog, chat, attempt + 2)
+                continue
+            for mid in ids:
+                prog.links.append(("relay", str(mid), tm))
+            return
+        raise ThreadGone("the ticket's topic keeps vanishing")
+
+    async def _post_body(
+        self, prog: _Progress, key: str, chat: int, p: dict[str, Any], home: _Home
+    ) -> list[int]:
+        pieces = post_pieces(p)
+        attachments = list(p.get("attachments") or [])
+        ids: list[int] = []
+        # A short text rides on the album as its caption: one post in the thread.
+        caption_fits = len(pieces) == 1 and utf16_len(visible(pieces[0])) <= MAX_CAPTION
+        if attachments and caption_fits:
+            return await self._media(
+                prog, f"{key}m", chat, attachments, caption=pieces[0], home=home
+            )
+        for n, piece in enumerate(pieces):
+
+            async def call(piece: str = piece) -> int:
+                return await self._send_html(chat, piece, home=home)
+
+            ids.append(await self._once(prog, f"{key}t{n}", call))
+        if attachments:
+            ids.extend(await self._media(prog, f"{key}m", chat, attachments, home=home))
+        return ids
+
+    async def _notice(self, item: OutboxItem, prog: _Progress) -> None:
+        p = item.payload
+        chat = self._target(item)
+        ref = p.get("thread_ref")
+        text = f"⚠️ {esc(p.get('text', ''))}"
+        homes: list[_Home] = []
+        if ref is not None and str(ref).isdigit():
+            if await self.is_forum(chat):
+                homes.append(_Home(thread_id=int(str(ref))))
+            homes.append(_Home(reply_to=int(str(ref))))
+        homes.append(_Home())
+        for n, home in enumerate(homes):
+
+            async def call(home: _Home = home) -> int:
+                return await self._send_html(chat, text, home=home)
+
+            try:
+                await self._once(prog, f"n{n}", call)
+                return
+            except ThreadGone:
+                continue
+
+
+def _err(e: Exception) -> str:
+    return f"{type(e).__name__}: {getattr(e, 'message', e)}"[:500]
+
+
+def _chat(target: str) -> int:
+    return int(target)
+
+
+def _is_private(target: str) -> bool:
+    return not target.startswith("-")
+
+
+def _last_int(keys: list[str] | None) -> int | None:
+    for key in reversed(keys or []):
+        with contextlib.suppress(ValueError):
+            return int(key)
+    return None
+
+
+def _reply(home: _Home) -> ReplyParameters | None:
+    if home.reply_to is None:
+        return None
+    return ReplyParameters(message_id=home.reply_to, allow_sending_without_reply=True)
+
+
+def _user_markup(rows: list[list[dict[str, Any]]]) -> InlineKeyboardMarkup | None:
+    from handlers.telegram_render import user_keyboard
+
+    return user_keyboard(rows)
