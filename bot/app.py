@@ -17,6 +17,8 @@ from bot.content import Content, load_content
 from bot.domain import AgentEvent, HandleResult, OutMessage, UserEvent, pick_lang
 from bot.engine import DialogEngine
 from bot.i18n import t
+from bot.logs import log_context
+from bot.metrics import Metrics
 from bot.outbox import Dispatcher, Sender
 from bot.storage.db import Database
 from bot.storage.models import KbImpression
@@ -73,6 +75,7 @@ class App:
     engine: DialogEngine
     timers: SlaTimers
     dispatchers: list[Dispatcher] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
     async def create(
@@ -109,6 +112,7 @@ class App:
     def dispatcher(self, senders: dict[str, Sender], **kwargs: Any) -> Dispatcher:
         """A dispatcher for ``senders``, woken whenever the app queues something."""
         d = Dispatcher(self.db, self.clock, self.desk, senders, **kwargs)
+        d.metrics = self.metrics
         self.dispatchers.append(d)
         return d
 
@@ -127,23 +131,39 @@ class App:
         self.kb.reload_if_changed()
         if ev.kind == "command" and ev.command == "digest" and self.is_manager(ev.user.key):
             return await self._digest_command(ev)
+        token = log_context.set({"channel": ev.channel, "event_id": ev.event_id})
         try:
             result = await self.engine.handle(ev)
         except Exception:
             log.exception("failed to handle %s event %s", ev.channel, ev.event_id)
             await self._keep_failed(ev, ev.chat_id, ev.user.language_code, ev.text or ev.data)
             result = HandleResult(refused=True, ack=t("internal_error", self._lang(ev)))
+            self.metrics.inbound.labels(ev.channel, ev.kind, "failed").inc()
+        else:
+            outcome = "duplicate" if result.duplicate else "handled"
+            self.metrics.inbound.labels(ev.channel, ev.kind, outcome).inc()
+            if not result.duplicate:
+                self.metrics.turns.labels(ev.channel).inc()
+        finally:
+            log_context.reset(token)
         await self._after()
         return result
 
     async def handle_agent(self, ev: AgentEvent) -> HandleResult:
         """Process a consultant event and wake the outbox (errors as for users)."""
+        token = log_context.set({"channel": ev.channel, "event_id": ev.event_id})
         try:
             result = await self.desk.handle_agent(ev)
         except Exception:
             log.exception("failed to handle %s agent event %s", ev.channel, ev.event_id)
             await self._keep_failed(ev, None, None, ev.text)
             result = HandleResult(refused=True, ack=t("internal_error", self.desk.l2_lang))
+            self.metrics.inbound.labels(ev.channel, "agent", "failed").inc()
+        else:
+            outcome = "duplicate" if result.duplicate else "handled"
+            self.metrics.inbound.labels(ev.channel, "agent", outcome).inc()
+        finally:
+            log_context.reset(token)
         await self._after()
         return result
 

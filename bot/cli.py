@@ -441,6 +441,31 @@ def digest(
     with_app(go)
 
 
+@app.command()
+def export(
+    out: Annotated[Path | None, typer.Option(help="Write to this file (default: stdout).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only changes since YYYY-MM-DD or ISO.")] = None,
+) -> None:
+    """Tickets and events as JSON lines (backups, BI)."""
+    from bot.export import export_lines
+
+    async def go(a: App) -> None:
+        start = _parse_moment(since, a.settings.digest.timezone) if since else None
+        lines = export_lines(a.db, since=start, prefix=a.settings.escalation.ticket_prefix)
+        if out is None:
+            async for line in lines:
+                typer.echo(line)
+            return
+        count = 0
+        with out.open("w", encoding="utf-8") as fh:
+            async for line in lines:
+                fh.write(line + "\n")
+                count += 1
+        typer.echo(f"{count} lines written to {out}", err=True)
+
+    with_app(go)
+
+
 # ---------------------------------------------------------------------- KB
 
 

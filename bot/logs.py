@@ -5,10 +5,26 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 from config.settings import Settings
+
+# Ids of what the current task works on (channel, event, ticket, conversation); every log
+# line carries them, so one ticket's story can be grepped out of a busy log.
+log_context: ContextVar[dict[str, Any] | None] = ContextVar("firstline_log_context", default=None)
+
+
+class ContextIds(logging.Filter):
+    """Copies :data:`log_context` onto each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Attach the ids; always keep the record."""
+        for key, value in (log_context.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 class RedactSecrets(logging.Filter):
@@ -52,7 +68,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("ticket", "conversation", "channel", "event_id"):
+        for key in ("ticket", "conversation", "channel", "event_id", "target"):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:
@@ -79,6 +95,7 @@ def setup_logging(settings: Settings, stream: Any = None) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ContextIds())
     handler.addFilter(RedactSecrets(secrets_of(settings)))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -21,6 +21,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
+from bot.metrics import Metrics
 from bot.storage.db import Database
 from bot.storage.models import MessageLink, Outbox, Ticket
 from bot.storage.repo import log_event
@@ -57,6 +58,7 @@ class SendResult:
     ok: bool = True
     retry_after: float | None = None  # seconds, from a 429 or our own backoff
     permanent: bool = False  # do not retry (400, 403...)
+    deferred: bool = False  # not tried yet (our own rate limiter): no attempt is counted
     unreachable: bool = False  # the user blocked the bot / left
     error: str = ""
     # New platform references to remember: (role, message_key, ticket_message_id).
@@ -99,6 +101,7 @@ class Dispatcher:
         self.senders = senders
         self.target_filter = target_filter
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.metrics: Metrics | None = None
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -265,6 +268,8 @@ class Dispatcher:
         self, s: AsyncSession, row: Outbox, result: SendResult, now: datetime
     ) -> None:
         if result.ok:
+            if self.metrics is not None:
+                self.metrics.deliveries.labels(row.channel, "sent").inc()
             await s.execute(
                 update(Outbox)
                 .where(Outbox.id == row.id)
@@ -302,7 +307,13 @@ class Dispatcher:
                         )
                     )
             return
-        attempts = row.attempts + 1
+        attempts = row.attempts if result.deferred else row.attempts + 1
+        if self.metrics is not None:
+            outcome = "deferred" if result.deferred else (
+                "failed" if result.permanent or attempts >= MAX_ATTEMPTS else "retry")
+            self.metrics.deliveries.labels(row.channel, outcome).inc()
+            if not result.deferred:
+                self.metrics.platform_errors.labels(row.channel).inc()
         if result.permanent or attempts >= MAX_ATTEMPTS:
             await s.execute(
                 update(Outbox)

@@ -21,6 +21,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from bot.app import App
 from bot.clock import Clock
+from bot.metrics import CONTENT_TYPE
 from bot.outbox import Sender, outbox_stats
 from config.settings import Settings
 
@@ -76,7 +77,15 @@ def build_web(app: App) -> web.Application:
             return web.json_response({"status": "error", "error": type(exc).__name__}, status=503)
         return web.json_response({"status": "ok", "outbox": stats})
 
+    async def metrics(_request: web.Request) -> web.Response:
+        try:
+            await app.metrics.refresh(app.db, app.clock.now())
+        except Exception:  # still serve the process counters when the database is down
+            log.exception("metrics: database figures unavailable")
+        return web.Response(body=app.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     web_app.router.add_get("/healthz", healthz)
+    web_app.router.add_get("/metrics", metrics)
     return web_app
 
 
