@@ -7,6 +7,7 @@ DM chat keys (the DM channel id the user's events came from).
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -141,6 +142,7 @@ class SlackSender:
             attachments=attachment_line(attachments, files),
         )
         await self.client.chat_postMessage(channel=item.target, text=text, blocks=blocks, **_COMMON)
+        await self._image(item.target, p)
         return SendResult()
 
     async def _card(self, item: OutboxItem) -> SendResult:
@@ -223,7 +225,23 @@ class SlackSender:
         await self.client.chat_postMessage(
             channel=item.target, text=fallback(text), blocks=sections(text), **_COMMON
         )
+        await self._image(item.target, item.payload)
         return SendResult()
+
+    async def _image(self, channel: str, payload: dict[str, Any]) -> None:
+        """A PNG the core made (the digest chart); needs the ``files:write`` scope. The text
+        already went out, so a failed upload is logged, not retried (no duplicate text)."""
+        encoded = payload.get("image_png_b64")
+        if not encoded:
+            return
+        try:
+            await self.client.files_upload_v2(
+                channel=channel,
+                content=base64.b64decode(str(encoded)),
+                filename=str(payload.get("image_name") or "image.png"),
+            )
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("image upload to %s failed: %s", channel, exc)
 
     # ------------------------------------------------------------------ files
 

@@ -10,6 +10,7 @@ deleted -> posted anew (``drop_roles``), so nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -30,6 +31,7 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from aiogram.types import (
+    BufferedInputFile,
     InlineKeyboardMarkup,
     InputMediaAudio,
     InputMediaDocument,
@@ -293,6 +295,7 @@ class TelegramSender:
             await self._texts(
                 prog, "n", self._target(item), split_text(str(item.payload.get("text", "")))
             )
+            await self._image(prog, self._target(item), item.payload)
         else:
             log.warning("outbox row %s has unknown kind %r; skipped", item.id, item.kind)
 
@@ -508,6 +511,22 @@ class TelegramSender:
             await self._retire_keyboard(chat, ids[-1])
         if attachments:
             await self._media(prog, "m", chat, attachments)
+        await self._image(prog, chat, p)
+
+    async def _image(self, prog: _Progress, chat: int, payload: dict[str, Any]) -> None:
+        """A PNG the core made (the digest chart), sent after the text it illustrates."""
+        encoded = payload.get("image_png_b64")
+        if not encoded:
+            return
+        data = base64.b64decode(str(encoded))
+        name = str(payload.get("image_name") or "image.png")
+
+        async def call() -> int:
+            await self.limiter.acquire(str(chat))
+            msg = await self.bot.send_photo(chat, BufferedInputFile(data, filename=name))
+            return msg.message_id
+
+        await self._once(prog, "img", call)
 
     async def _retire_keyboard(self, chat: int, newest: int) -> None:
         """New buttons make the previous ones stale (the engine bumped the prompt): take the
