@@ -5,12 +5,15 @@ Both the CLI and the tests build the application here, so what runs is what is t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bot.clock import Clock, SystemClock
 from bot.content import Content, load_content
@@ -133,7 +136,7 @@ class App:
             return await self._digest_command(ev)
         token = log_context.set({"channel": ev.channel, "event_id": ev.event_id})
         try:
-            result = await self.engine.handle(ev)
+            result = await _retrying(lambda: self.engine.handle(ev))
         except Exception:
             log.exception("failed to handle %s event %s", ev.channel, ev.event_id)
             await self._keep_failed(ev, ev.chat_id, ev.user.language_code, ev.text or ev.data)
@@ -153,7 +156,7 @@ class App:
         """Process a consultant event and wake the outbox (errors as for users)."""
         token = log_context.set({"channel": ev.channel, "event_id": ev.event_id})
         try:
-            result = await self.desk.handle_agent(ev)
+            result = await _retrying(lambda: self.desk.handle_agent(ev))
         except Exception:
             log.exception("failed to handle %s agent event %s", ev.channel, ev.event_id)
             await self._keep_failed(ev, None, None, ev.text)
@@ -248,3 +251,21 @@ class App:
     async def close(self) -> None:
         """Release the database."""
         await self.db.dispose()
+
+
+async def _retrying(work: Callable[[], Awaitable[HandleResult]], attempts: int = 3) -> HandleResult:
+    """Run a unit of work again when it lost a race to another process.
+
+    Two instances creating the same user's first rows, a deadlock, or a serialization
+    failure roll the whole unit back (nothing half-done); the next attempt sees the
+    winner's rows. Other errors propagate at once.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return await work()
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("unit of work lost a race (%s); retrying", type(exc.orig).__name__)
+            await asyncio.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.app import App
@@ -37,21 +38,19 @@ async def test_healthz_and_metrics(mem: MemoryChannel, app: App) -> None:
     assert 'firstline_sla_notifications{kind="sla_breach"} 0.0' in text
 
 
-async def test_json_logs_carry_the_event_ids(mem: MemoryChannel, app: App) -> None:
+async def test_json_logs_carry_the_event_ids(
+    mem: MemoryChannel, app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stream = io.StringIO()
     app.settings.log.format = "json"
     setup_logging(app.settings, stream)
+
+    def boom(*_a: object, **_k: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.kb, "search", boom)
     try:
-
-        def boom(*_a: object, **_k: object) -> object:
-            raise RuntimeError("boom")
-
-        original = app.kb.search
-        app.kb.search = boom  # type: ignore[method-assign]
-        try:
-            await mem.say("ann", "hello", event_id="evt-42")
-        finally:
-            app.kb.search = original  # type: ignore[method-assign]
+        await mem.say("ann", "hello", event_id="evt-42")
     finally:
         logging.getLogger().handlers.clear()
     lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]

@@ -10,7 +10,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -80,6 +80,10 @@ class Database:
     async def upgrade(self) -> None:
         """Apply Alembic migrations up to head (safe to call at every start)."""
         async with self.engine.begin() as conn:
+            if not self.sqlite:
+                # Two instances starting together must not both create the schema: the
+                # second waits here, then finds it at head. (SQLite: BEGIN IMMEDIATE does it.)
+                await conn.execute(text("SELECT pg_advisory_xact_lock(74210501)"))
             await conn.run_sync(_upgrade_sync)
 
     async def dispose(self) -> None:
