@@ -124,6 +124,8 @@ AgentAction = Literal[
     "edit",
     "list",
     "show",
+    "ban",  # the ticket's user: their messages stay with the bot and never reach L2
+    "unban",
 ]
 
 

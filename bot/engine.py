@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import flood, privacy
 from bot.clock import Clock
 from bot.content import Content
 from bot.domain import Attachment, Button, HandleResult, OutMessage, UserEvent, pick_lang
@@ -224,9 +225,23 @@ class DialogEngine:
         return conv
 
     async def _dispatch(self, turn: Turn, ev: UserEvent) -> HandleResult:
+        if ev.kind in flood.COUNTED_KINDS:
+            state = flood.count_event(turn.user, turn.now)
+        else:
+            state = flood.FloodState(over=False, warn=False, new_window=False)
+        if state.new_window:
+            # Messages held in the user's previous window go to L2 before this one.
+            await flood.flush_user(turn.s, self.desk, turn.user, turn.now)
+        if _is_forget(ev):
+            # Erasing one's data is a right even for banned or flooding users.
+            return await self._dispatch_allowed(turn, ev)
         if turn.user.banned:
-            await self.say(turn, t("banned", turn.lang))
-            return HandleResult(refused=True)
+            return await self._banned(turn, ev, answer=not state.over)
+        if state.over:
+            return await self._flooded(turn, ev, warn=state.warn)
+        return await self._dispatch_allowed(turn, ev)
+
+    async def _dispatch_allowed(self, turn: Turn, ev: UserEvent) -> HandleResult:
         turn.conv.updated_at = turn.now
         if ev.kind == "command":
             await self._command(turn, ev.command.lower(), ev.args)
@@ -243,6 +258,71 @@ class DialogEngine:
             return HandleResult()
         await self._message(turn, ev)
         return HandleResult()
+
+    def _clean_text(self, text: str) -> str:
+        """User text as stored: no NUL (PostgreSQL refuses it), no surrounding blanks."""
+        return text.replace("\x00", "").strip()
+
+    async def _banned(self, turn: Turn, ev: UserEvent, *, answer: bool) -> HandleResult:
+        """A banned user: keep what they wrote with the conversation, never relay it."""
+        text = self._clean_text(ev.text)[:MAX_STORED_CHARS]
+        if ev.kind in ("message", "edit") and (text or ev.attachments):
+            if text:
+                self._append_details(turn, text)
+            if ev.attachments:
+                self._keep_attachments(turn, list(ev.attachments))
+            turn.conv.updated_at = turn.now
+        await log_event(
+            turn.s,
+            "banned_refused",
+            actor=turn.actor(),
+            at=turn.now,
+            conversation_id=turn.conv.id,
+            event_kind=ev.kind,
+            chars=len(text),
+        )
+        if answer:
+            await self.say(turn, t("banned", turn.lang))
+        return HandleResult(refused=True, ack=t("banned", turn.lang))
+
+    async def _flooded(self, turn: Turn, ev: UserEvent, *, warn: bool) -> HandleResult:
+        """Beyond the flood limit: keep every message, answer once per window, relay later."""
+        text = self._clean_text(ev.text)[:MAX_STORED_CHARS]
+        attachments = list(ev.attachments)
+        conv = turn.conv
+        in_ticket = conv.state in (TICKET, CONFIRM_CANCEL, CSAT)
+        if ev.kind == "message" and (text or attachments):
+            kept = None
+            if in_ticket:
+                kept = await self.desk.user_message(
+                    turn.s, conv, turn.user, text, attachments, ev.message_id, turn.now, hold=True
+                )
+            if kept is None:
+                if text:
+                    self._append_details(turn, text)
+                if attachments:
+                    self._keep_attachments(turn, attachments)
+            conv.updated_at = turn.now
+        elif ev.kind == "edit" and text:
+            relayed = in_ticket and bool(ev.message_id)
+            if relayed and ev.message_id:
+                relayed = await self.desk.user_edit(
+                    turn.s, conv, turn.user, ev.message_id, text, turn.now, relay=False
+                )
+            if not relayed:
+                self._append_details(turn, f"(edited) {text}")
+        # Buttons and commands beyond the limit are refused: the user can press again.
+        if warn:
+            await log_event(
+                turn.s,
+                "flood_limited",
+                actor=turn.actor(),
+                at=turn.now,
+                conversation_id=conv.id,
+                limit=flood.LIMIT,
+            )
+            await self.say(turn, t("too_fast", turn.lang))
+        return HandleResult(refused=True, ack=t("too_fast", turn.lang))
 
     # ------------------------------------------------------------------ output
 
@@ -298,6 +378,25 @@ class DialogEngine:
             await self._status(turn)
         elif command == "cancel":
             await self._cancel(turn)
+        elif command == "forget":
+            nonce = self.new_prompt(turn)
+            await self.say(
+                turn,
+                t("forget_q", lang),
+                [
+                    [
+                        self.button(nonce, t("btn_forget_yes", lang), "forget:yes"),
+                        self.button(nonce, t("btn_forget_no", lang), "forget:no"),
+                    ]
+                ],
+            )
+        elif command == "digest":
+            # Managers are served by the app before the engine; anyone else lands here and
+            # gets the help, which does not even reveal that the command exists.
+            await log_event(
+                turn.s, "command_refused", actor=turn.actor(), at=turn.now, command=command
+            )
+            await self.say(turn, t("help", lang))
         elif command == "lang":
             choice = args.strip().lower()[:2]
             if choice in ("en", "ru"):
@@ -517,6 +616,12 @@ class DialogEngine:
             await self._confirm_cancel(turn, value == "yes")
         elif kind == "tk" and value.isdigit():
             await self._switch_to_ticket(turn, int(value))
+        elif kind == "forget" and value in ("yes", "no"):
+            self.new_prompt(turn)
+            if value == "yes":
+                await self._forget(turn)
+            else:
+                await self.say(turn, t("forget_kept", turn.lang))
         else:
             return HandleResult(ack=t("stale_button", turn.lang), refused=True)
         return HandleResult()
@@ -533,6 +638,42 @@ class DialogEngine:
             await self.say(turn, t("ticket_cancelled", turn.lang, number=self.desk.number(ticket)))
         else:
             await self.say(turn, t("ticket_kept", turn.lang, number=self.desk.number(ticket)))
+
+    async def _forget(self, turn: Turn) -> None:
+        """Erase the user's personal data; open tickets are cancelled with a notice to L2."""
+        actor = turn.actor()
+        if turn.conv.ended_at is None and turn.conv.ticket_id is None:
+            await self._end_conversation(turn, "cancelled")
+        counts = await privacy.erase_user(turn.s, turn.user, turn.now)
+        # Cancelled after the erasure, so the notices to L2 are not erased themselves.
+        tickets = (
+            await turn.s.execute(
+                select(Ticket).where(
+                    Ticket.user_id == turn.user.id, Ticket.status.in_(OPEN_STATUSES)
+                )
+            )
+        ).scalars()
+        cancelled = 0
+        for ticket in list(tickets):
+            await self.desk.cancel_for_erasure(turn.s, ticket, turn.now, actor=actor)
+            cancelled += 1
+        turn.chat.conversation_id = None  # the next message starts afresh
+        await log_event(
+            turn.s, "user_erased", actor=actor, at=turn.now, cancelled=cancelled, **counts
+        )
+        await self.say(
+            turn,
+            t(
+                "forget_done",
+                turn.lang,
+                conversations=counts["conversations"],
+                tickets=counts["tickets"],
+                messages=counts["messages"],
+                queries=counts["kb_queries"],
+                files=counts["attachments"],
+                cancelled=cancelled,
+            ),
+        )
 
     async def _switch_to_ticket(self, turn: Turn, ticket_id: int) -> None:
         ticket = await turn.s.get(Ticket, ticket_id)
@@ -1012,6 +1153,13 @@ class DialogEngine:
         if turn.conv.ticket_id is None:
             return None
         return await turn.s.get(Ticket, turn.conv.ticket_id)
+
+
+def _is_forget(ev: UserEvent) -> bool:
+    """``/forget`` or its confirmation button."""
+    if ev.kind == "command":
+        return ev.command.lower() == "forget"
+    return ev.kind == "button" and "|forget:" in ev.data
 
 
 _WHAT_KEYS = {"what_sticker", "what_location", "what_contact", "what_poll", "what_other"}

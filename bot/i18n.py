@@ -20,11 +20,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "I answer from the knowledge base, walk you through the usual checks, and "
         "hand the problem to an engineer if it remains.\n\n"
         "/new — start a new request\n/status — your open tickets\n"
-        "/cancel — cancel the current request\n/lang — switch language\n/help — this help",
+        "/cancel — cancel the current request\n/lang — switch language\n"
+        "/forget — erase my personal data\n/help — this help",
         "ru": "Я отвечаю по базе знаний, провожу по типовым проверкам и, если проблема "
         "осталась, передаю её инженеру.\n\n"
         "/new — новое обращение\n/status — ваши открытые заявки\n"
-        "/cancel — отменить текущее обращение\n/lang — сменить язык\n/help — эта справка",
+        "/cancel — отменить текущее обращение\n/lang — сменить язык\n"
+        "/forget — удалить мои персональные данные\n/help — эта справка",
     },
     "ask_problem": {
         "en": "Describe the problem in a few words, or pick a category.",
@@ -202,6 +204,36 @@ MESSAGES: dict[str, dict[str, str]] = {
     "banned": {
         "en": "Your access to support has been restricted. Contact your account manager.",
         "ru": "Доступ к поддержке ограничен. Обратитесь к вашему менеджеру.",
+    },
+    "too_fast": {
+        "en": "You're writing too fast — I'll read everything, give me a moment.",
+        "ru": "Вы пишете слишком быстро — я всё прочитаю, дайте мне немного времени.",
+    },
+    "forget_q": {
+        "en": "Erase your personal data? I'll delete your name and username, everything you "
+        "wrote to support (messages, problem descriptions, questions) and the references "
+        "to your files. Open tickets will be cancelled. Anonymous statistics (times, "
+        "priorities, categories) stay. This cannot be undone.",
+        "ru": "Удалить ваши персональные данные? Я сотру ваше имя и имя пользователя, всё, "
+        "что вы писали в поддержку (сообщения, описания проблем, вопросы), и ссылки на "
+        "ваши файлы. Открытые заявки будут отменены. Обезличенная статистика (время, "
+        "приоритеты, категории) останется. Отменить это нельзя.",
+    },
+    "btn_forget_yes": {"en": "🗑 Yes, erase my data", "ru": "🗑 Да, удалить мои данные"},
+    "btn_forget_no": {"en": "No, keep it", "ru": "Нет, оставить"},
+    "forget_kept": {
+        "en": "OK, nothing was erased.",
+        "ru": "Хорошо, ничего не удалено.",
+    },
+    "forget_done": {
+        "en": "Done: your personal data is erased — your name and username, the texts of "
+        "{conversations} request(s) and {tickets} ticket(s), {messages} message(s), "
+        "{queries} knowledge-base question(s) and {files} file reference(s). "
+        "Cancelled open tickets: {cancelled}. Only anonymous statistics remain.",
+        "ru": "Готово: ваши персональные данные удалены — имя и имя пользователя, тексты "
+        "обращений: {conversations}, заявок: {tickets}, сообщений: {messages}, вопросов к "
+        "базе знаний: {queries}, ссылок на файлы: {files}. Отменено открытых заявок: "
+        "{cancelled}. Осталась только обезличенная статистика.",
     },
     "internal_error": {
         "en": "Sorry, something went wrong on our side. Your message is saved; please try "

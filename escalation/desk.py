@@ -346,9 +346,13 @@ class Desk:
         now: datetime,
         *,
         reopen_from_csat: bool = False,
+        hold: bool = False,
     ) -> str | None:
         """Relay a user message into the ticket; reopen within the window. ``None`` when the
         ticket cannot take it (closed, cancelled, window passed) — it is a new problem then.
+
+        With ``hold`` (a flooding user) the message is stored and counted for the SLA but
+        not posted: :mod:`bot.flood` relays the held ones later as one coalesced post.
         """
         if conv.ticket_id is None:
             return None
@@ -375,6 +379,7 @@ class Desk:
             source_channel=user.channel,
             source_message_id=message_id,
             created_at=now,
+            held=hold,
         )
         s.add(tm)
         await s.flush()
@@ -391,6 +396,9 @@ class Desk:
             chars=len(text),
             attachments=len(attachments),
         )
+        if hold:
+            await self.sla.refresh(s, ticket, now)
+            return self.number(ticket)
         await self.post(
             s,
             ticket,
@@ -416,8 +424,11 @@ class Desk:
         message_id: str,
         text: str,
         now: datetime,
+        *,
+        relay: bool = True,
     ) -> bool:
-        """Relay an edit of a message already relayed to L2."""
+        """Relay an edit of a message already relayed to L2 (only store it without
+        ``relay``: a flooding user's edits wait like their messages)."""
         if conv.ticket_id is None:
             return False
         tm = (
@@ -441,6 +452,8 @@ class Desk:
             at=now,
             ticket_id=ticket.id,
         )
+        if not relay or tm.held:
+            return True  # a held message goes out with its newest text
         await self.post(
             s,
             ticket,
@@ -464,6 +477,31 @@ class Desk:
         )
         await self.sla.refresh(s, ticket, now)
         await self.update_card(s, ticket, now)
+
+    async def cancel_for_erasure(
+        self, s: AsyncSession, ticket: Ticket, now: datetime, *, actor: str
+    ) -> None:
+        """The user erased their data (``/forget``): cancel the ticket and tell L2 why."""
+        if ticket.status in OPEN_STATUSES:
+            await self.cancel_by_user(s, ticket, now, actor=actor)
+        await self.notice(
+            s, ticket, lt("user_forgot", self.l2_lang, number=self.number(ticket)), now
+        )
+        conv = await s.get(Conversation, ticket.conversation_id)
+        if conv is not None and conv.ended_at is None:
+            conv.state = "done"
+            conv.ended_at = now
+            if conv.outcome is None:
+                conv.outcome = "escalated"
+            await log_event(
+                s,
+                "conversation_ended",
+                actor=actor,
+                at=now,
+                conversation_id=conv.id,
+                outcome=conv.outcome,
+                category=conv.category,
+            )
 
     async def record_csat(
         self, s: AsyncSession, conv: Conversation, score: int, now: datetime, *, actor: str
@@ -727,11 +765,41 @@ class Desk:
                 await self.sla.refresh(s, ticket, now)
                 await self.update_card(s, ticket, now)
             return HandleResult()
+        if action in ("ban", "unban"):
+            return await self._ban(s, ev, ticket, now, banned=action == "ban")
         if action == "save_kb":
             return await self._save_kb(s, ev, ticket, now)
         if action == "edit":
             return await self._agent_edit(s, ev, ticket, now)
         return HandleResult()
+
+    async def _ban(
+        self, s: AsyncSession, ev: AgentEvent, ticket: Ticket, now: datetime, *, banned: bool
+    ) -> HandleResult:
+        """Ban or unban the ticket's user. A banned user's messages are kept, answered
+        politely by the bot, and never reach L2; the ticket itself stays as it is."""
+        user = await s.get(User, ticket.user_id)
+        if user is None:
+            return await self._refuse(s, ev, lt("ticket_not_found", self.l2_lang), now)
+        number = self.number(ticket)
+        if user.banned == banned:
+            key = "already_banned" if banned else "not_banned"
+            return HandleResult(ack=lt(key, self.l2_lang, number=number))
+        user.banned = banned
+        user.updated_at = now
+        await log_event(
+            s,
+            "user_banned" if banned else "user_unbanned",
+            actor=ev.agent.key,
+            at=now,
+            ticket_id=ticket.id,
+            user=f"{user.channel}:{user.external_id}",
+        )
+        key = "banned_by" if banned else "unbanned_by"
+        text = lt(key, self.l2_lang, agent=self._agent_name(ev), number=number)
+        await self.notice(s, ticket, text, now)
+        await self.update_card(s, ticket, now)
+        return HandleResult(ack=text)
 
     async def _refuse(
         self, s: AsyncSession, ev: AgentEvent, text: str, now: datetime

@@ -142,6 +142,29 @@ L2_MESSAGES: dict[str, dict[str, str]] = {
         "возьмите её.",
     },
     "user_banned": {"en": "🔒 The user is banned.", "ru": "🔒 Пользователь заблокирован."},
+    "banned_by": {
+        "en": "🔒 {agent} banned the user of {number}: their messages no longer reach L2.",
+        "ru": "🔒 {agent} заблокировал(а) пользователя заявки {number}: его сообщения "
+        "больше не приходят на L2.",
+    },
+    "unbanned_by": {
+        "en": "🔓 {agent} unbanned the user of {number}.",
+        "ru": "🔓 {agent} разблокировал(а) пользователя заявки {number}.",
+    },
+    "already_banned": {
+        "en": "The user of {number} is already banned.",
+        "ru": "Пользователь заявки {number} уже заблокирован.",
+    },
+    "not_banned": {
+        "en": "The user of {number} is not banned.",
+        "ru": "Пользователь заявки {number} не заблокирован.",
+    },
+    "user_forgot": {
+        "en": "🗑 The user of {number} erased their personal data (/forget): the ticket is "
+        "cancelled and its texts are erased.",
+        "ru": "🗑 Пользователь заявки {number} удалил свои персональные данные (/forget): "
+        "заявка отменена, её тексты стёрты.",
+    },
 }
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -91,6 +92,12 @@ class User(Base):
     banned: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Flood control (bot/flood.py): a fixed window and the user's events in it. Kept on the
+    # row so the limit holds across restarts and processes.
+    flood_window_start: Mapped[datetime | None]
+    flood_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    flood_warned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    erased_at: Mapped[datetime | None]  # /forget: personal data erased at this moment
 
 
 class Chat(Base):
@@ -250,6 +257,8 @@ class TicketMessage(Base):
     source_message_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     edited_at: Mapped[datetime | None]
+    # A user message kept during a flood but not yet relayed; one coalesced post sends it.
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class MessageLink(Base):

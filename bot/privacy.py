@@ -1,0 +1,347 @@
+"""Erasure of personal data: a user's ``/forget`` and the admin's retention period.
+
+Both keep the SLA statistics: ticket rows keep their times, tier, priority, category and
+status; events keep their kinds, times, actors' platform ids and the non-personal fields
+the reports read (:data:`KEEP_KEYS`). What people wrote, their names, usernames and file
+references become :data:`ERASED`.
+
+Two deliberate exceptions, both to keep the figures of :mod:`escalation.report` exact:
+
+* ``conversations.problem`` becomes empty, not ``[erased]``: the recontact rule compares
+  problem texts, and two ``[erased]`` texts would look like "the same problem".
+* Platform ids (``users.external_id``, ``chats.chat_key``, event actors) stay while the user
+  still talks to the bot: replies, bans and idempotent intake need them. Retention erases the
+  names of users who have been silent for the whole period.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.clock import Clock
+from bot.storage.db import Database
+from bot.storage.models import (
+    Chat,
+    Conversation,
+    Event,
+    KbDraft,
+    KbImpression,
+    KbQuery,
+    Outbox,
+    ProcessedEvent,
+    Ticket,
+    TicketMessage,
+    User,
+)
+
+ERASED = "[erased]"
+OPEN_STATUSES = ("new", "open", "in_progress", "waiting", "resolved")  # not yet final
+FINAL_STATUSES = ("closed", "cancelled")
+_CHUNK = 500
+
+# JSON keys whose values are never personal: statistics, ids, enums, counts, times.
+KEEP_KEYS = frozenset(
+    {
+        # events
+        "target",
+        "percent",
+        "priority",
+        "tier",
+        "score",
+        "outcome",
+        "category",
+        "decision",
+        "article",
+        "articles",
+        "top_article",
+        "top_score",
+        "verdict",
+        "lang",
+        "number",
+        "destination",
+        "chars",
+        "count",
+        "owner",
+        "owner_name",  # a consultant's name, shown in the managers' report
+        "old",
+        "new",
+        "level",
+        "step",
+        "option",
+        "since",
+        "due",
+        "deadline",
+        "action",
+        "draft",
+        "channel",
+        "outbox_kind",
+        "day",
+        "event_id",
+        "source_channel",
+        "direction",
+        "created_at",
+        "organisation",  # the customer company from the admin's directory
+        # conversation data
+        "shown",
+        "suggested",
+        "suggested_scores",
+        "steps_done",
+        "priority_floor",
+        "impression",
+        "cancel_return",
+        # outbox payloads and attachments
+        "ticket_id",
+        "message_id",
+        "role",
+        "markdown",
+        "kind",
+        "mime",
+        "size",
+        "data",
+        "label",
+        "coalesced",
+        "erased",
+        "event_kind",
+        "command",
+    }
+)
+
+
+def scrub(value: Any, key: str | None = None) -> Any:
+    """``value`` with every string under a key not in :data:`KEEP_KEYS` erased (recursive;
+    numbers, booleans and ``None`` stay, so counts and flags survive)."""
+    if isinstance(value, dict):
+        return {k: scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v, key) for v in value]
+    if isinstance(value, str) and value and key not in KEEP_KEYS:
+        return ERASED
+    return value
+
+
+def _erase_text(text: str | None) -> str | None:
+    return ERASED if text else text
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield list(ids[i : i + _CHUNK])
+
+
+async def _rows(s: AsyncSession, model: Any, column: Any, ids: Iterable[int]) -> list[Any]:
+    out: list[Any] = []
+    for chunk in _chunks(sorted(set(ids))):
+        out += (await s.execute(select(model).where(column.in_(chunk)))).scalars()
+    return out
+
+
+async def erase_records(
+    s: AsyncSession,
+    conversation_ids: Iterable[int],
+    ticket_ids: Iterable[int],
+    *,
+    actor: str | None = None,
+    events_before: datetime | None = None,
+) -> Counter[str]:
+    """Anonymise what belongs to these conversations and tickets (and, with ``actor``, the
+    events that person caused). Returns the number of rows touched per kind."""
+    counts: Counter[str] = Counter()
+    conv_ids = sorted(set(conversation_ids))
+    tk_ids = sorted(set(ticket_ids))
+    for conv in await _rows(s, Conversation, Conversation.id, conv_ids):
+        conv.problem = ""  # empty, not ERASED: see the module docstring
+        conv.details = _erase_text(conv.details) or ""
+        counts["attachments"] += len(conv.data.get("attachments", []) or [])
+        conv.data = {**scrub(conv.data), "erased": True}
+        counts["conversations"] += 1
+    for q in await _rows(s, KbQuery, KbQuery.conversation_id, conv_ids):
+        if q.query != ERASED:
+            q.query = ERASED
+            counts["kb_queries"] += 1
+    for imp in await _rows(s, KbImpression, KbImpression.conversation_id, conv_ids):
+        imp.query = ERASED
+    for tk in await _rows(s, Ticket, Ticket.id, tk_ids):
+        tk.subject = ERASED
+        counts["tickets"] += 1
+    for tm in await _rows(s, TicketMessage, TicketMessage.ticket_id, tk_ids):
+        if tm.text and tm.text != ERASED:
+            counts["messages"] += 1
+        tm.text = _erase_text(tm.text) or ""
+        if tm.direction == "in":
+            tm.author_name = _erase_text(tm.author_name) or ""
+        counts["attachments"] += len(tm.attachments or [])
+        tm.attachments = scrub(tm.attachments or [])
+        tm.held = False
+    for draft in await _rows(s, KbDraft, KbDraft.ticket_id, tk_ids):
+        draft.question = ERASED
+    events: dict[int, Event] = {}
+    for e in await _rows(s, Event, Event.conversation_id, conv_ids):
+        events[e.id] = e
+    for e in await _rows(s, Event, Event.ticket_id, tk_ids):
+        events[e.id] = e
+    if actor is not None:
+        stmt = select(Event).where(Event.actor == actor)
+        if events_before is not None:
+            stmt = stmt.where(Event.at < events_before)
+        for e in (await s.execute(stmt)).scalars():
+            events[e.id] = e
+    for e in events.values():
+        clean = scrub(e.data or {})
+        if clean != e.data:
+            e.data = clean
+            counts["events"] += 1
+    for row in await _rows(s, Outbox, Outbox.ticket_id, tk_ids):
+        row.payload = scrub(row.payload or {})
+        counts["outbox"] += 1
+    return counts
+
+
+async def user_records(s: AsyncSession, user: User) -> tuple[list[int], list[int]]:
+    """The ids of every conversation and ticket of ``user``."""
+    convs = (
+        await s.execute(select(Conversation.id).where(Conversation.user_id == user.id))
+    ).scalars()
+    tickets = (await s.execute(select(Ticket.id).where(Ticket.user_id == user.id))).scalars()
+    return list(convs), list(tickets)
+
+
+def erase_user_row(user: User) -> None:
+    """Forget the person's name, handle and time zone (the platform id stays: see above)."""
+    user.display_name = ""
+    user.username = None
+    user.timezone = None
+    user.unreachable_reason = _erase_text(user.unreachable_reason)
+
+
+async def erase_user(s: AsyncSession, user: User, now: datetime) -> Counter[str]:
+    """``/forget``: erase everything personal of ``user`` in the caller's unit of work.
+
+    Open tickets should be cancelled by the caller first (L2 must hear of it). Messages
+    still waiting in the outbox for the user's own chat are left alone: they go to the
+    very person they are about.
+    """
+    conv_ids, ticket_ids = await user_records(s, user)
+    counts = await erase_records(
+        s, conv_ids, ticket_ids, actor=f"{user.channel}:{user.external_id}"
+    )
+    chats = list((await s.execute(select(Chat).where(Chat.user_id == user.id))).scalars())
+    for chat in chats:
+        rows = await s.execute(
+            select(Outbox).where(
+                Outbox.channel == chat.channel,
+                Outbox.target == chat.chat_key,
+                Outbox.status.not_in(("pending", "sending")),
+            )
+        )
+        for row in rows.scalars():
+            row.payload = scrub(row.payload or {})
+            counts["outbox"] += 1
+    erase_user_row(user)
+    user.erased_at = now
+    user.updated_at = now
+    return counts
+
+
+async def apply_retention(db: Database, clock: Clock, older_than: timedelta) -> dict[str, int]:
+    """Anonymise everything older than ``older_than``: conversations that ended (or were
+    left) before the cut-off, closed or cancelled tickets, their events and sent messages;
+    names of users silent since then; and drop processed event ids from before it.
+
+    Open tickets and live conversations are never touched. Safe to run again.
+    """
+    now = clock.now()
+    cutoff = now - older_than
+    async with db.transaction() as s:
+        old_tickets = list(
+            (
+                await s.execute(
+                    select(Ticket.id, Ticket.conversation_id).where(
+                        Ticket.status.in_(FINAL_STATUSES), Ticket.closed_at < cutoff
+                    )
+                )
+            ).all()
+        )
+        ticket_ids = {int(tid) for tid, _ in old_tickets}
+        live_ticket_convs = set(
+            (
+                await s.execute(
+                    select(Ticket.conversation_id).where(Ticket.id.not_in(ticket_ids))
+                    if ticket_ids
+                    else select(Ticket.conversation_id)
+                )
+            ).scalars()
+        )
+        convs = (
+            await s.execute(
+                select(Conversation.id).where(
+                    or_(
+                        Conversation.ended_at < cutoff,
+                        (Conversation.ended_at.is_(None)) & (Conversation.updated_at < cutoff),
+                    )
+                )
+            )
+        ).scalars()
+        # A conversation whose ticket is still alive stays readable for L2.
+        conv_ids = {int(c) for c in convs if c not in live_ticket_convs}
+        counts = await erase_records(s, conv_ids, ticket_ids)
+        # Events from before the cut-off that belong to nothing still alive.
+        live_convs = set(
+            (
+                await s.execute(select(Conversation.id).where(Conversation.id.not_in(conv_ids)))
+            ).scalars()
+        )
+        rows = await s.execute(select(Event).where(Event.at < cutoff))
+        for e in rows.scalars():
+            if e.ticket_id is not None and e.ticket_id not in ticket_ids:
+                continue
+            if e.conversation_id is not None and e.conversation_id in live_convs:
+                continue
+            clean = scrub(e.data or {})
+            if clean != e.data:
+                e.data = clean
+                counts["events"] += 1
+        outbox = await s.execute(
+            select(Outbox).where(
+                Outbox.created_at < cutoff, Outbox.status.not_in(("pending", "sending"))
+            )
+        )
+        for row in outbox.scalars():
+            clean = scrub(row.payload or {})
+            if clean != row.payload:
+                row.payload = clean
+                counts["outbox"] += 1
+        counts["users"] += await _retire_silent_users(s, cutoff)
+        res = await s.execute(delete(ProcessedEvent).where(ProcessedEvent.processed_at < cutoff))
+        counts["processed_events"] = int(getattr(res, "rowcount", 0) or 0)
+    return dict(counts)
+
+
+async def _retire_silent_users(s: AsyncSession, cutoff: datetime) -> int:
+    """Erase the names of users with no chat activity and no live ticket since ``cutoff``."""
+    last_seen = (
+        select(Chat.user_id, func.max(Chat.updated_at).label("seen"))
+        .group_by(Chat.user_id)
+        .subquery()
+    )
+    busy = select(Ticket.user_id).where(Ticket.status.in_(OPEN_STATUSES))
+    rows = await s.execute(
+        select(User)
+        .outerjoin(last_seen, last_seen.c.user_id == User.id)
+        .where(
+            User.updated_at < cutoff,
+            or_(last_seen.c.seen.is_(None), last_seen.c.seen < cutoff),
+            User.id.not_in(busy),
+        )
+    )
+    n = 0
+    for user in rows.scalars():
+        if user.display_name or user.username or user.timezone:
+            erase_user_row(user)
+            n += 1
+    return n
