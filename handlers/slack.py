@@ -248,7 +248,16 @@ class SlackChannel:
 
     async def handle_http(self, request: web.Request) -> web.Response:
         """One Slack HTTP request through bolt (verification, routing, ack)."""
-        bolt_resp = await self.bolt.async_dispatch(await to_bolt_request(request))
+        try:
+            bolt_req = await to_bolt_request(request)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            return web.Response(status=400, text="malformed request")
+        if not isinstance(bolt_req.body, dict):
+            return web.Response(status=400, text="malformed request")
+        if not _well_formed(bolt_req.body):
+            # bolt's middleware would crash on it: a 500, and Slack would retry in vain.
+            return web.Response(status=400, text="malformed request")
+        bolt_resp = await self.bolt.async_dispatch(bolt_req)
         return await to_aiohttp_response(bolt_resp)
 
     # ------------------------------------------------------------------ routing
@@ -446,6 +455,8 @@ class SlackChannel:
 
     async def _user_message(self, event: dict[str, Any], event_id: str) -> UserEvent | None:
         subtype = event.get("subtype")
+        if not event.get("channel"):
+            return None  # malformed: nowhere to answer
         channel = str(event["channel"])
         if subtype in WRITTEN:
             if not event.get("user"):
@@ -515,6 +526,8 @@ class SlackChannel:
 
     async def _agent_message(self, event: dict[str, Any], event_id: str) -> AgentEvent | None:
         subtype = event.get("subtype")
+        if not event.get("channel"):
+            return None  # malformed: nowhere to answer
         channel = str(event["channel"])
         msg: dict[str, Any] = event
         action: AgentAction = "message"
@@ -734,3 +747,28 @@ class SlackChannel:
             blocks += [{"type": "divider"}, *lines[:45]]
         blocks += [{"type": "context", "elements": [mrkdwn(escape(t("help", lang)))]}]
         return {"type": "home", "blocks": blocks}
+
+
+_OBJECT_FIELDS = ("view", "message", "container", "state", "event")
+_OBJECT_OR_ID_FIELDS = ("user", "team", "channel", "enterprise")
+_LIST_FIELDS = ("actions", "authorizations")
+
+
+def _well_formed(body: dict[str, Any]) -> bool:
+    """Signed but malformed bodies (not what Slack sends) are refused before bolt sees them:
+    the objects bolt reads must be objects, the lists lists of objects."""
+    for key in _OBJECT_FIELDS:
+        if key in body and not isinstance(body[key], dict):
+            return False
+    for key in _OBJECT_OR_ID_FIELDS:
+        if key in body and not isinstance(body[key], dict | str):
+            return False
+    if body.get("type") == "block_actions" and not body.get("actions"):
+        return False
+    for key in _LIST_FIELDS:
+        value = body.get(key)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(x, dict) for x in value)
+        ):
+            return False
+    return True
