@@ -23,6 +23,7 @@ from bot.i18n import t
 from bot.logs import log_context
 from bot.metrics import Metrics
 from bot.outbox import Dispatcher, Sender
+from bot.privacy import ERASED
 from bot.storage.db import Database
 from bot.storage.models import KbImpression
 from bot.storage.repo import claim_event, enqueue, log_event
@@ -110,7 +111,9 @@ class App:
                     KbImpression.verdict.is_not(None)
                 )
             )
-            self.kb.load_feedback((a, q, v == "helped") for a, q, v in rows.all())
+            self.kb.load_feedback(
+                (a, q, v == "helped") for a, q, v in rows.all() if q != ERASED
+            )
 
     def dispatcher(self, senders: dict[str, Sender], **kwargs: Any) -> Dispatcher:
         """A dispatcher for ``senders``, woken whenever the app queues something."""

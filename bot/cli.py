@@ -668,6 +668,28 @@ def customers_import(path: Path) -> None:
 
 
 @app.command()
+def retention(
+    older_than: Annotated[str, typer.Option(help="e.g. 365d: anonymise what ended before.")],
+) -> None:
+    """Anonymise ended conversations and closed tickets older than the period (the SLA
+    statistics stay, in anonymised form) and forget old processed-event ids."""
+    from bot.privacy import apply_retention
+    from config.settings import parse_duration
+
+    try:
+        period = parse_duration(older_than)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+    async def go(a: App) -> None:
+        counts = await apply_retention(a.db, a.clock, period)
+        typer.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing to do")
+
+    with_app(go)
+
+
+@app.command()
 def status() -> None:
     """Outbox lag and failures, open tickets by state."""
     from sqlalchemy import func

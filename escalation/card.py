@@ -85,6 +85,7 @@ class TicketCard:
     user_id: str
     user_lang: str
     user_unreachable: str | None
+    user_banned: bool
     subject: str
     problem: str
     details: list[str] = field(default_factory=list)
@@ -141,6 +142,7 @@ async def build_card(s: AsyncSession, desk: Desk, ticket: Ticket, now: datetime)
         user_id=user.external_id if user else "",
         user_lang=(user.language or ticket.lang) if user else ticket.lang,
         user_unreachable=user.unreachable_reason if user and user.unreachable else None,
+        user_banned=bool(user and user.banned),
         subject=ticket.subject,
         problem=conv.problem if conv else ticket.subject,
         owner_key=ticket.owner_key,
@@ -260,6 +262,8 @@ def render_plain(card: TicketCard) -> str:
     ]
     if card.user_unreachable:
         lines.append(lt("user_unreachable", card.lang, reason=card.user_unreachable))
+    if card.user_banned:
+        lines.append(lt("user_banned", card.lang))
     lines.append(f"{L('label_problem')}: {card.problem}")
     if card.details:
         lines.append(f"{L('label_details')}: " + " / ".join(card.details))

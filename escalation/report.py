@@ -1033,6 +1033,7 @@ class History:
             ]
             if shown:
                 rows.append((shown[-1].query, "not_helped"))
+        rows = [(q, why) for q, why in rows if q != ERASED]  # erased texts are no question
         return [
             Gap(c.representative, c.count, c.examples, dict(sorted(c.reasons.items())))
             for c in find_gaps(rows, min_count=min_count)
@@ -1077,6 +1078,9 @@ class History:
     def series(self, last_day: date, tz: ZoneInfo, *, days: int = 14) -> list[DayPoint]:
         """:meth:`day_point` for ``days`` days ending with ``last_day``, oldest first."""
         return [self.day_point(last_day - timedelta(days=i), tz) for i in range(days - 1, -1, -1)]
+
+
+ERASED = "[erased]"  # what bot.privacy writes over erased texts
 
 
 def similar_problem(a: str, b: str) -> bool:

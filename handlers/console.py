@@ -164,8 +164,11 @@ class SerialDelivery:
 
 async def _start_timers(app: App) -> AsyncIOScheduler:
     """SLA timers run in console processes too: the L2 console shows warnings and breaches."""
+    from handlers.server import schedule_flood_flush
+
     scheduler = AsyncIOScheduler(timezone=UTC)
     app.timers.attach(scheduler)
+    schedule_flood_flush(app, scheduler, lambda: None)
     await app.timers.sweep()  # whatever came due while nothing ran
     scheduler.start()
     return scheduler

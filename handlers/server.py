@@ -131,6 +131,21 @@ def schedule_digest(app: App, scheduler: AsyncIOScheduler, wake: Callable[[], No
     )
 
 
+def schedule_flood_flush(app: App, scheduler: AsyncIOScheduler, wake: Callable[[], None]) -> None:
+    """Every 10 s, post messages held back by flood control to L2 as one summary."""
+    from bot.flood import flush_held
+
+    async def flush() -> None:
+        try:
+            if await flush_held(app.db, app.desk, app.clock):
+                wake()
+        except Exception:
+            log.exception("flood flush failed; the next run retries")
+
+    scheduler.add_job(flush, "interval", seconds=10, id="flood:flush", replace_existing=True,
+                      coalesce=True, max_instances=1)
+
+
 async def serve(
     settings: Settings,
     clock: Clock | None = None,
@@ -160,6 +175,7 @@ async def serve(
     if settings.digest.enabled and settings.digest.recipients:
         schedule_digest(app, scheduler, dispatcher.wake)
         await run_digest(app, dispatcher.wake)  # a digest missed while we were down
+    schedule_flood_flush(app, scheduler, dispatcher.wake)
     scheduler.start()
     await app.timers.sweep()  # whatever came due while we were down
     delivery = asyncio.create_task(dispatcher.run_forever(stop), name="outbox")

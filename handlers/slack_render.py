@@ -299,6 +299,8 @@ def card_blocks(card: TicketCard, priorities: Sequence[str]) -> list[Block]:
     ]
     if card.user_unreachable:
         blocks += sections(escape(lt("user_unreachable", card.lang, reason=card.user_unreachable)))
+    if card.user_banned:
+        blocks += sections(escape(lt("user_banned", card.lang)))
     blocks += sections(f"*{L('label_problem')}:*\n{_quote(card.problem)}")
     if card.details:
         blocks += sections(

@@ -360,6 +360,8 @@ def _render_card(card: TicketCard, budget: int) -> str:
     ]
     if card.user_unreachable:
         lines.append(f"⛔ <b>{esc(L('label_user'))}</b>: {esc(card.user_unreachable)}")
+    if card.user_banned:
+        lines.append(esc(L("user_banned")))
     if card.deadlines:
         parts = []
         for d in card.deadlines:

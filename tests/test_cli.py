@@ -126,3 +126,11 @@ def test_report_agrees_with_tickets_after_console_sessions(tmp_path: Path) -> No
     csv_out = _cli(tmp_path, "report", "--since", "2000-01-01", "--until", today,
                    "--format", "csv")
     assert csv_out.stdout.splitlines()[0].startswith("section")
+
+
+def test_retention_command(tmp_path: Path) -> None:
+    out = _cli(tmp_path, "retention", "--older-than", "365d")
+    assert out.returncode == 0, out.stderr
+    assert "processed_events: 0" in out.stdout or "nothing to do" in out.stdout
+    bad = _cli(tmp_path, "retention", "--older-than", "soon")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr

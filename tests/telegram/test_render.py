@@ -90,6 +90,7 @@ def _card(**kw: object) -> TicketCard:
         "user_id": "5001",
         "user_lang": "en",
         "user_unreachable": None,
+        "user_banned": False,
         "subject": "pw & <b>",
         "problem": "I forgot <b>my</b> password & more " * 300,
         "details": ["x" * 3000, "y & z"],
