@@ -29,7 +29,10 @@ from tests.fakes.slack_api import FakeSlackApi, SlackRequests, block_actions, dm
 from tests.slack.conftest import L2, SECRET, blocks_text
 from tests.test_storage import _wipe_pg
 
-pytestmark = pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set")
+pytestmark = [
+    pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set"),
+    pytest.mark.xdist_group("postgresql"),
+]
 
 USERS = ["UAAA", "UBBB", "UCCC", "UDDD"]
 

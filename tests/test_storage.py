@@ -28,6 +28,9 @@ from config.settings import DatabaseSettings, EscalationSettings, Settings
 from handlers.memory import MemoryChannel
 from tests.conftest import PG_URL, sqlite_url
 
+# The PostgreSQL variants wipe one shared scratch database: never two at once.
+pytestmark = pytest.mark.xdist_group("postgresql")
+
 BACKENDS = [
     "sqlite",
     pytest.param(
