@@ -643,18 +643,8 @@ class Desk:
                 return await self._note(s, ev, ticket, text, now)
             return await self._reply(s, ev, ticket, text, now)
         if action == "claim":
-            if ticket.status not in OPEN_STATUSES:
-                return await self._refuse(
-                    s,
-                    ev,
-                    lt(
-                        "ticket_closed",
-                        lang,
-                        number=number,
-                        status=lt(f"status_{ticket.status}", lang),
-                    ),
-                    now,
-                )
+            if (closed := await self._refuse_if_closed(s, ev, ticket, now)) is not None:
+                return closed
             if ticket.owner_key == actor:
                 return HandleResult(ack=lt("already_yours", lang, number=number))
             if ticket.owner_key is not None:
@@ -810,6 +800,31 @@ class Desk:
         await self._tell_agent(s, ev, text, now)
         return HandleResult(ack=text, refused=True)
 
+    async def _refuse_if_closed(
+        self,
+        s: AsyncSession,
+        ev: AgentEvent,
+        ticket: Ticket,
+        now: datetime,
+        *,
+        final_only: bool = False,
+    ) -> HandleResult | None:
+        """Refuse an action on a ticket that is not open (or, with ``final_only``, closed
+        for good); ``None`` when the action may go on."""
+        stopped = (
+            ticket.status in FINAL_STATUSES if final_only else (ticket.status not in OPEN_STATUSES)
+        )
+        if not stopped:
+            return None
+        lang = self.l2_lang
+        text = lt(
+            "ticket_closed",
+            lang,
+            number=self.number(ticket),
+            status=lt(f"status_{ticket.status}", lang),
+        )
+        return await self._refuse(s, ev, text, now)
+
     async def _assign(
         self, s: AsyncSession, ticket: Ticket, key: str, name: str, now: datetime, *, by: str
     ) -> None:
@@ -852,15 +867,10 @@ class Desk:
     ) -> HandleResult:
         lang = self.l2_lang
         number = self.number(ticket)
-        if ticket.status in FINAL_STATUSES:
-            return await self._refuse(
-                s,
-                ev,
-                lt(
-                    "ticket_closed", lang, number=number, status=lt(f"status_{ticket.status}", lang)
-                ),
-                now,
-            )
+        if (
+            closed := await self._refuse_if_closed(s, ev, ticket, now, final_only=True)
+        ) is not None:
+            return closed
         if not text.strip() and not ev.attachments:
             return HandleResult()
         if ticket.owner_key is None:
@@ -920,15 +930,8 @@ class Desk:
     ) -> HandleResult:
         lang = self.l2_lang
         number = self.number(ticket)
-        if ticket.status not in OPEN_STATUSES:
-            return await self._refuse(
-                s,
-                ev,
-                lt(
-                    "ticket_closed", lang, number=number, status=lt(f"status_{ticket.status}", lang)
-                ),
-                now,
-            )
+        if (closed := await self._refuse_if_closed(s, ev, ticket, now)) is not None:
+            return closed
         if ticket.owner_key is None:
             await self._assign(s, ticket, ev.agent.key, self._agent_name(ev), now, by=ev.agent.key)
         if ev.text.strip():
@@ -975,15 +978,8 @@ class Desk:
     ) -> HandleResult:
         lang = self.l2_lang
         number = self.number(ticket)
-        if ticket.status not in OPEN_STATUSES:
-            return await self._refuse(
-                s,
-                ev,
-                lt(
-                    "ticket_closed", lang, number=number, status=lt(f"status_{ticket.status}", lang)
-                ),
-                now,
-            )
+        if (closed := await self._refuse_if_closed(s, ev, ticket, now)) is not None:
+            return closed
         if ticket.owner_key is None:
             await self._assign(s, ticket, ev.agent.key, self._agent_name(ev), now, by=ev.agent.key)
         if ev.text.strip():
@@ -1031,15 +1027,8 @@ class Desk:
     ) -> HandleResult:
         lang = self.l2_lang
         number = self.number(ticket)
-        if ticket.status not in OPEN_STATUSES:
-            return await self._refuse(
-                s,
-                ev,
-                lt(
-                    "ticket_closed", lang, number=number, status=lt(f"status_{ticket.status}", lang)
-                ),
-                now,
-            )
+        if (closed := await self._refuse_if_closed(s, ev, ticket, now)) is not None:
+            return closed
         if ticket.level == "l3":
             return HandleResult()
         ticket.level = "l3"
