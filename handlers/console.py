@@ -260,7 +260,8 @@ L2_HELP = """Commands (TICKET may be omitted after `use TICKET`; plain text repl
   priority TICKET LEVEL    critical/high/normal/low
   tier TICKET TIER         correct the customer's license tier
   kb TICKET [ANSWER]       save the answer as a KB draft
-  reopen TICKET            reopen a resolved ticket             help | quit"""
+  reopen TICKET            reopen a resolved ticket
+  ban TICKET / unban TICKET   stop / allow the ticket's user     help | quit"""
 
 _ACTIONS: dict[str, AgentAction] = {
     "take": "claim",
@@ -278,6 +279,8 @@ _ACTIONS: dict[str, AgentAction] = {
     "tier": "tier",
     "kb": "save_kb",
     "reopen": "reopen",
+    "ban": "ban",
+    "unban": "unban",
 }
 
 

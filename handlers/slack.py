@@ -74,7 +74,7 @@ MEMBERS_CACHE_SECONDS = 60.0
 STOP_GRACE = 10.0  # seconds in-flight work may take at shutdown
 # Message subtypes that carry something a person wrote.
 WRITTEN = frozenset({None, "file_share", "thread_broadcast", "me_message"})
-USER_COMMANDS = frozenset({"start", "help", "new", "status", "cancel", "lang"})
+USER_COMMANDS = frozenset({"start", "help", "new", "status", "cancel", "lang", "forget"})
 CARD_ACTIONS: dict[str, AgentAction] = {
     "claim": "claim",
     "release": "release",

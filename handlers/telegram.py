@@ -86,6 +86,7 @@ USER_COMMANDS: dict[str, list[tuple[str, str]]] = {
         ("status", "My tickets"),
         ("cancel", "Cancel the current request"),
         ("lang", "Language / Язык"),
+        ("forget", "Erase my personal data"),
     ],
     "ru": [
         ("start", "Начать / описать проблему"),
@@ -94,6 +95,7 @@ USER_COMMANDS: dict[str, list[tuple[str, str]]] = {
         ("status", "Мои заявки"),
         ("cancel", "Отменить текущее обращение"),
         ("lang", "Язык / Language"),
+        ("forget", "Удалить мои персональные данные"),
     ],
 }
 DESK_COMMANDS: dict[str, list[tuple[str, str]]] = {
