@@ -594,15 +594,17 @@ class Desk:
             if not await claim_event(s, ev.channel, ev.event_id, now):
                 return HandleResult(duplicate=True)
             actor = ev.agent.key
+            ticket = await self.find_ticket(s, ev)
+            if ticket is None and ev.action == "message":
+                # Chatter in the L2 room that is not about a ticket: nobody's business,
+                # whoever wrote it (no refusal notices in reply to small talk).
+                return HandleResult()
             if not self.authorized(ev):
                 await log_event(s, "agent_refused", actor=actor, at=now, action=ev.action)
                 text = lt("not_consultant", self.l2_lang)
                 await self._tell_agent(s, ev, text, now)
                 return HandleResult(ack=text, refused=True)
-            ticket = await self.find_ticket(s, ev)
             if ticket is None:
-                if ev.action == "message":
-                    return HandleResult()  # chatter in the L2 room that is not about a ticket
                 text = lt("ticket_not_found", self.l2_lang)
                 await self._tell_agent(s, ev, text, now)
                 return HandleResult(ack=text, refused=True)

@@ -24,7 +24,7 @@ async def test_commands_are_registered_in_both_languages(make_tg: MakeTg) -> Non
     langs = {c.get("language_code") for c in tg.fake.commands}
     assert {"en", "ru", None} <= langs
     user_cmds = {c["command"] for c in tg.fake.commands[0]["commands"]}
-    assert user_cmds == {"start", "help", "new", "status", "cancel", "lang"}
+    assert user_cmds == {"start", "help", "new", "status", "cancel", "lang", "forget"}
     desk = [c for c in tg.fake.commands if c.get("scope", {}).get("type") == "chat"]
     assert desk and desk[0]["scope"]["chat_id"] == L2
     assert tg.fake.called("deleteWebhook"), "polling mode drops a stale webhook"
