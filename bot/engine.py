@@ -23,6 +23,7 @@ from bot.clock import Clock
 from bot.content import Content
 from bot.domain import Attachment, Button, HandleResult, OutMessage, UserEvent, pick_lang
 from bot.i18n import t
+from bot.logs import log_context
 from bot.storage.db import Database
 from bot.storage.models import (
     Chat,
@@ -196,6 +197,7 @@ class DialogEngine:
         if conv is None:
             conv = await self._new_conversation(s, user, chat, lang, now)
         chat.updated_at = now
+        log_context.set({**(log_context.get() or {}), "conversation": conv.id})
         return Turn(s=s, now=now, user=user, chat=chat, conv=conv, lang=lang)
 
     async def _new_conversation(

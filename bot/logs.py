@@ -68,7 +68,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("ticket", "conversation", "channel", "event_id", "target"):
+        for key in ("ticket", "conversation", "channel", "event_id", "target", "sla"):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:

@@ -21,6 +21,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
+from bot.logs import log_context
 from bot.metrics import Metrics
 from bot.storage.db import Database
 from bot.storage.models import MessageLink, Outbox, Ticket
@@ -251,6 +252,14 @@ class Dispatcher:
         return items
 
     async def _send(self, row: Outbox, item: OutboxItem) -> SendResult:
+        # Each send runs in its own task (gather), so this tags only its own log lines.
+        log_context.set(
+            {
+                "channel": row.channel,
+                "target": row.target,
+                **({"ticket": item.card.number} if item.card else {}),
+            }
+        )
         sender = self.senders[row.channel]
         try:
             return await sender.send(item)
@@ -309,8 +318,11 @@ class Dispatcher:
             return
         attempts = row.attempts if result.deferred else row.attempts + 1
         if self.metrics is not None:
-            outcome = "deferred" if result.deferred else (
-                "failed" if result.permanent or attempts >= MAX_ATTEMPTS else "retry")
+            outcome = (
+                "deferred"
+                if result.deferred
+                else ("failed" if result.permanent or attempts >= MAX_ATTEMPTS else "retry")
+            )
             self.metrics.deliveries.labels(row.channel, outcome).inc()
             if not result.deferred:
                 self.metrics.platform_errors.labels(row.channel).inc()

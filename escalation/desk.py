@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.clock import Clock
 from bot.domain import AgentEvent, Attachment, Button, HandleResult, OutMessage
 from bot.i18n import t
+from bot.logs import log_context
 from bot.storage.db import Database
 from bot.storage.models import (
     Chat,
@@ -608,6 +609,7 @@ class Desk:
                 text = lt("ticket_not_found", self.l2_lang)
                 await self._tell_agent(s, ev, text, now)
                 return HandleResult(ack=text, refused=True)
+            log_context.set({**(log_context.get() or {}), "ticket": self.number(ticket)})
             if not self.db.sqlite:
                 await s.refresh(ticket, with_for_update=True)
             return await self._agent_action(s, ev, ticket, now)

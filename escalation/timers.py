@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
+from bot.logs import log_context
 from bot.storage.db import Database
 from bot.storage.models import SlaNotification, Ticket
 from bot.storage.repo import enqueue, log_event
@@ -150,7 +151,11 @@ class SlaTimers:
             ticket = await s.get(Ticket, row.ticket_id) if row is not None else None
             if row is None or ticket is None or ticket.status not in OPEN_STATUSES:
                 return False
-            await self._send(s, row, ticket, now)
+            token = log_context.set({"ticket": self.desk.number(ticket), "sla": row.kind})
+            try:
+                await self._send(s, row, ticket, now)
+            finally:
+                log_context.reset(token)
         if self.after_fire is not None:
             self.after_fire()
         return True

@@ -56,6 +56,7 @@ async def test_json_logs_carry_the_event_ids(
     lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
     failure = next(line for line in lines if "failed to handle" in line["msg"])
     assert failure["event_id"] == "evt-42" and failure["channel"] == "memory"
+    assert isinstance(failure["conversation"], int)
     assert failure["level"] == "ERROR" and "RuntimeError: boom" in failure["exc"]
 
 
