@@ -75,11 +75,56 @@ def sqlite_url(tmp_path: Path, name: str = "firstline.db") -> str:
     return f"sqlite+aiosqlite:///{tmp_path / name}"
 
 
+# FIRSTLINE_TEST_DB=postgresql runs the app-level tests on PostgreSQL (FIRSTLINE_TEST_PG_URL
+# names the server): each xdist worker gets its own database, wiped before every test.
+TEST_DB = os.environ.get("FIRSTLINE_TEST_DB", "sqlite")
+
+
+async def _worker_pg_url(worker: str) -> str:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from bot.storage.db import Database
+
+    base = make_url(PG_URL)
+    name = f"firstline_test_{worker}".replace("-", "_")
+    conn = await asyncpg.connect(
+        user=base.username or "postgres", host=base.host or "127.0.0.1",
+        port=base.port or 5432, database=base.database or "postgres",
+    )
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = base.set(database=name).render_as_string(hide_password=False)
+    db = Database(url)
+    from sqlalchemy import text
+
+    async with db.engine.begin() as c:
+        await c.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        await c.execute(text("CREATE SCHEMA public"))
+    await db.dispose()
+    return url
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Defaults plus a private SQLite file."""
+async def database_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The database of one test: a SQLite file, or a fresh PostgreSQL database."""
+    if TEST_DB != "postgresql":
+        return sqlite_url(tmp_path)
+    if not PG_URL:
+        pytest.skip("FIRSTLINE_TEST_DB=postgresql needs FIRSTLINE_TEST_PG_URL")
+    worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
+    return await _worker_pg_url(worker)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Defaults plus the test's own database."""
     return Settings(
-        database=DatabaseSettings(url=sqlite_url(tmp_path)),
+        database=DatabaseSettings(url=database_url),
         escalation=EscalationSettings(default_destination="memory:l2"),
     )
 

@@ -39,10 +39,10 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "digest.md"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(database_url: str) -> Settings:
     """Managers in Moscow (the default) receive the digest at 09:00 in two chats."""
     return Settings(
-        database=DatabaseSettings(url=sqlite_url(tmp_path)),
+        database=DatabaseSettings(url=database_url),
         escalation=EscalationSettings(default_destination="memory:l2"),
         digest=DigestSettings(recipients=RECIPIENTS),
     )

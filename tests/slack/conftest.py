@@ -36,7 +36,9 @@ L3 = "C0L3DESK"
 ANN, BOB, EVE = "UANN", "UBOB", "UEVE"
 
 
-def slack_settings(tmp_path: Path, api: FakeSlackApi, **slack: Any) -> Settings:
+def slack_settings(
+    tmp_path: Path, api: FakeSlackApi, database_url: str | None = None, **slack: Any
+) -> Settings:
     """Settings for Slack against the fake: HTTP mode unless ``app_token`` is given."""
     values: dict[str, Any] = {
         "bot_token": SecretStr("xoxb-test-token"),
@@ -47,7 +49,7 @@ def slack_settings(tmp_path: Path, api: FakeSlackApi, **slack: Any) -> Settings:
     }
     values.update(slack)
     return Settings(
-        database=DatabaseSettings(url=sqlite_url(tmp_path)),
+        database=DatabaseSettings(url=database_url or sqlite_url(tmp_path)),
         slack=SlackSettings(**values),
     )
 
@@ -68,9 +70,9 @@ async def slack_api() -> AsyncIterator[FakeSlackApi]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, slack_api: FakeSlackApi) -> Settings:
+def settings(tmp_path: Path, slack_api: FakeSlackApi, database_url: str) -> Settings:
     """The root ``app`` fixture builds the app from these."""
-    return slack_settings(tmp_path, slack_api)
+    return slack_settings(tmp_path, slack_api, database_url)
 
 
 @dataclass
