@@ -175,6 +175,7 @@ class DialogEngine:
 
     async def _begin(self, s: AsyncSession, ev: UserEvent, now: datetime) -> Turn:
         user = await get_or_create_user(s, ev.user, now)
+        await self.desk.mark_reachable(s, user)  # they wrote: they have unblocked the bot
         stmt = select(Chat).where(Chat.channel == ev.channel, Chat.chat_key == ev.chat_id)
         if not self.db.sqlite:
             stmt = stmt.with_for_update()  # one event per chat at a time across processes

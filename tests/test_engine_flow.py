@@ -325,3 +325,21 @@ async def test_a_bug_never_reaches_the_chat_and_the_message_is_kept(
     # The event was not claimed: a re-delivery is processed for real.
     await mem.say("ann", "I forgot my password")
     assert "Reset a forgotten password" in mem.transcript("ann")
+
+
+async def test_a_blocked_user_who_writes_again_is_reachable(mem: MemoryChannel, app: App) -> None:
+    from bot.outbox import SendResult
+    from bot.storage.models import User
+
+    await mem.say("ann", "hello")
+    mem.sender.fail_next["ann"] = [
+        SendResult(ok=False, permanent=True, unreachable=True, error="403: bot was blocked")
+    ]
+    await mem.command("ann", "help")
+    async with app.db.transaction() as s:
+        user = (await s.execute(select(User).where(User.external_id == "ann"))).scalar_one()
+    assert user.unreachable
+    await mem.say("ann", "I forgot my password")
+    async with app.db.transaction() as s:
+        user = (await s.execute(select(User).where(User.external_id == "ann"))).scalar_one()
+    assert not user.unreachable and "Reset a forgotten password" in mem.transcript("ann")
