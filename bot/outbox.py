@@ -194,16 +194,21 @@ class Dispatcher:
             )
 
     async def run_once(self, limit: int = 50) -> int:
-        """One pass: claim due rows (one per target), send them concurrently, and record
-        every outcome in one transaction (three transactions a pass, not three a row)."""
+        """One pass: claim due rows (one per target), build them in one transaction, send
+        them concurrently, and record each outcome as soon as its call returns."""
         now = self.clock.now()
         rows = await self._claim(now, limit)
         if not rows:
             return 0
         items = await self._items(rows)
-        results = await asyncio.gather(*(self._send(row, items[row.id]) for row in rows))
-        await self._record(list(zip(rows, results, strict=True)))
+        await asyncio.gather(*(self._send_and_record(row, items[row.id]) for row in rows))
         return len(rows)
+
+    async def _send_and_record(self, row: Outbox, item: OutboxItem) -> None:
+        # Each row is recorded as soon as its own call returns: a crash between the call and
+        # the record re-sends only that row, not the whole pass.
+        result = await self._send(row, item)
+        await self._record([(row, result)])
 
     async def drain(self, max_passes: int = 1000) -> int:
         """Send everything that is due now (tests and one-shot tools)."""
