@@ -256,8 +256,17 @@ MESSAGES: dict[str, dict[str, str]] = {
 }
 
 
-def t(key: str, lang: str, **kwargs: Any) -> str:
-    """The phrase ``key`` in ``lang`` (English if missing), formatted with ``kwargs``."""
-    entry = MESSAGES[key]
+Catalogue = dict[str, dict[str, str]]
+
+
+def lookup(catalogue: Catalogue, key: str, lang: str, **kwargs: Any) -> str:
+    """``key`` from ``catalogue`` in ``lang`` (English if missing), formatted with ``kwargs``.
+    The bot's, the L2 desk's and the digest's catalogues all read through this."""
+    entry = catalogue[key]
     text = entry.get(lang) or entry["en"]
     return text.format(**kwargs) if kwargs else text
+
+
+def t(key: str, lang: str, **kwargs: Any) -> str:
+    """The bot's phrase ``key`` in ``lang``."""
+    return lookup(MESSAGES, key, lang, **kwargs)

@@ -18,16 +18,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.content import Content
+from bot.i18n import lookup
 from bot.storage.db import Database
 from bot.storage.models import DigestRun
-from bot.storage.repo import enqueue, log_event
+from bot.storage.repo import enqueue, insert_once, log_event
 from config.settings import DigestSettings, Settings
 from escalation.chart import render_chart
 from escalation.desk import destination_split
@@ -149,9 +147,8 @@ _MONTHS = {
 
 
 def tr(key: str, lang: str, **kwargs: Any) -> str:
-    """A digest phrase in ``lang`` (English for anything but ``ru``)."""
-    text = TEXTS[key]["ru" if lang == "ru" else "en"]
-    return text.format(**kwargs) if kwargs else text
+    """A digest phrase in ``lang``."""
+    return lookup(TEXTS, key, lang, **kwargs)
 
 
 class DigestApp(Protocol):
@@ -549,23 +546,9 @@ class _Render:
 
 
 async def claim_digest(s: AsyncSession, day: date, target: str, now: datetime) -> bool:
-    """Insert ``digest_runs(day, target)``; ``False`` if that digest was already claimed.
-
-    ON CONFLICT DO NOTHING on SQLite and PostgreSQL (a concurrent claimer waits for the
-    first one's commit and then finds the row); a savepoint elsewhere.
-    """
-    values = {"day": day.isoformat(), "target": target, "created_at": now}
-    dialect = s.get_bind().dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        ins = sqlite_insert if dialect == "sqlite" else pg_insert
-        res = await s.execute(ins(DigestRun).values(**values).on_conflict_do_nothing())
-        return bool(getattr(res, "rowcount", 0) == 1)
-    try:
-        async with s.begin_nested():
-            await s.execute(insert(DigestRun).values(**values))
-    except IntegrityError:
-        return False
-    return True
+    """Insert ``digest_runs(day, target)``; ``False`` if that digest was already claimed
+    (a concurrent claimer waits for the first one's commit and then finds the row)."""
+    return await insert_once(s, DigestRun, day=day.isoformat(), target=target, created_at=now)
 
 
 async def sent_targets(db: Database, day: date) -> set[str]:

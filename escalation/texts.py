@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.i18n import lookup
+
 L2_MESSAGES: dict[str, dict[str, str]] = {
     "new_ticket": {"en": "🆕 New ticket {number}", "ru": "🆕 Новая заявка {number}"},
     "status_new": {"en": "new", "ru": "новая"},
@@ -169,7 +171,5 @@ L2_MESSAGES: dict[str, dict[str, str]] = {
 
 
 def lt(key: str, lang: str, **kwargs: Any) -> str:
-    """The L2 phrase ``key`` in ``lang`` (English if missing), formatted with ``kwargs``."""
-    entry = L2_MESSAGES[key]
-    text = entry.get(lang) or entry["en"]
-    return text.format(**kwargs) if kwargs else text
+    """The L2 phrase ``key`` in ``lang``."""
+    return lookup(L2_MESSAGES, key, lang, **kwargs)

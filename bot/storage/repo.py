@@ -12,24 +12,34 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.domain import UserRef
-from bot.storage.models import Counter, Event, Outbox, ProcessedEvent, User
+from bot.storage.models import Base, Counter, Event, Outbox, ProcessedEvent, User
+
+
+async def insert_once(s: AsyncSession, model: type[Base], **values: Any) -> bool:
+    """Insert a row unless its unique key exists; ``True`` if this call inserted it.
+
+    The claim behind idempotent intake and exactly-once digests: ON CONFLICT DO NOTHING on
+    SQLite and PostgreSQL (no savepoint, no exception on the hot path), a savepoint
+    elsewhere.
+    """
+    dialect = s.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        ins = sqlite_insert if dialect == "sqlite" else pg_insert
+        res = await s.execute(ins(model).values(**values).on_conflict_do_nothing())
+        return bool(getattr(res, "rowcount", 0) == 1)
+    try:
+        async with s.begin_nested():
+            await s.execute(insert(model).values(**values))
+    except IntegrityError:
+        return False
+    return True
 
 
 async def claim_event(s: AsyncSession, channel: str, event_id: str, now: datetime) -> bool:
     """Record a platform event id; ``False`` if it was already processed (a re-delivery)."""
-    values = {"channel": channel, "event_id": event_id, "processed_at": now}
-    dialect = s.get_bind().dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        # ON CONFLICT DO NOTHING: no savepoint, no exception on the hot path.
-        ins = sqlite_insert if dialect == "sqlite" else pg_insert
-        res = await s.execute(ins(ProcessedEvent).values(**values).on_conflict_do_nothing())
-        return bool(getattr(res, "rowcount", 0) == 1)
-    try:
-        async with s.begin_nested():
-            await s.execute(insert(ProcessedEvent).values(**values))
-    except IntegrityError:
-        return False
-    return True
+    return await insert_once(
+        s, ProcessedEvent, channel=channel, event_id=event_id, processed_at=now
+    )
 
 
 async def log_event(
