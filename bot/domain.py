@@ -158,6 +158,17 @@ class Button:
         """A JSON-serialisable dict."""
         return {"label": self.label, "data": self.data}
 
+    @classmethod
+    def bound(cls, nonce: int, label: str, action: str) -> Button:
+        """A button bound to the chat's prompt ``nonce``: ``"<nonce>|<action>"``; a press
+        with an older nonce is a stale button."""
+        return cls(label=label, data=f"{nonce}|{action}")
+
+
+def csat_rows(nonce: int) -> list[list[Button]]:
+    """The 1-5 rating buttons."""
+    return [[Button.bound(nonce, str(i), f"csat:{i}") for i in range(1, 6)]]
+
 
 @dataclass
 class OutMessage:

@@ -21,7 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import flood, privacy
 from bot.clock import Clock
 from bot.content import Content
-from bot.domain import Attachment, Button, HandleResult, OutMessage, UserEvent, pick_lang
+from bot.domain import (
+    Attachment,
+    Button,
+    HandleResult,
+    OutMessage,
+    UserEvent,
+    csat_rows,
+    pick_lang,
+)
 from bot.i18n import t
 from bot.logs import log_context
 from bot.storage.db import Database
@@ -355,7 +363,7 @@ class DialogEngine:
 
     def button(self, nonce: int, label: str, action: str) -> Button:
         """A button whose data binds it to this prompt."""
-        return Button(label=label, data=f"{nonce}|{action}")
+        return Button.bound(nonce, label, action)
 
     # ------------------------------------------------------------------ commands
 
@@ -432,17 +440,7 @@ class DialogEngine:
         if state == CHECKLIST and cat is not None and (step := cat.step(conv.step or "")):
             await self._show_step(turn, cat, step)
         elif state == KB_ANSWER:
-            nonce = self.new_prompt(turn)
-            await self.say(
-                turn,
-                t("kb_helped_q", turn.lang),
-                [
-                    [
-                        self.button(nonce, t("btn_yes_solved", turn.lang), "kb:yes"),
-                        self.button(nonce, t("btn_no", turn.lang), "kb:no"),
-                    ]
-                ],
-            )
+            await self._ask_helped(turn)
         elif state == KB_SUGGEST:
             nonce = self.new_prompt(turn)
             rows = []
@@ -463,8 +461,7 @@ class DialogEngine:
             await self._ask_urgency(turn)
         elif state == CSAT:
             nonce = self.new_prompt(turn)
-            buttons = [[self.button(nonce, str(i), f"csat:{i}") for i in range(1, 6)]]
-            await self.say(turn, t("csat_ask", turn.lang), buttons)
+            await self.say(turn, t("csat_ask", turn.lang), csat_rows(nonce))
         elif state == CONFIRM_CANCEL:
             conv.state = TICKET
             await self._cancel(turn)
@@ -884,17 +881,13 @@ class DialogEngine:
             f"{t('kb_found', turn.lang)}\n\n**{article.title}**\n\n{article.body}",
             markdown=True,
         )
+        await self._ask_helped(turn)
+
+    async def _ask_helped(self, turn: Turn) -> None:
         nonce = self.new_prompt(turn)
-        await self.say(
-            turn,
-            t("kb_helped_q", turn.lang),
-            [
-                [
-                    self.button(nonce, t("btn_yes_solved", turn.lang), "kb:yes"),
-                    self.button(nonce, t("btn_no", turn.lang), "kb:no"),
-                ]
-            ],
-        )
+        yes = self.button(nonce, t("btn_yes_solved", turn.lang), "kb:yes")
+        no = self.button(nonce, t("btn_no", turn.lang), "kb:no")
+        await self.say(turn, t("kb_helped_q", turn.lang), [[yes, no]])
 
     async def _suggest(self, turn: Turn, results: list[Any], query: str) -> None:
         conv = turn.conv

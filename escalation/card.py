@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.i18n import t
 from bot.storage.models import (
     ChecklistAnswer,
     Conversation,
@@ -175,8 +176,6 @@ async def build_card(s: AsyncSession, desk: Desk, ticket: Ticket, now: datetime)
                 if opt is not None:
                     option_label = opt.label.get(lang)
             if option_label == a.option_id and a.option_id in ("fixed", "not_helped", "cant"):
-                from bot.i18n import t
-
                 option_label = t(f"opt_{a.option_id}", lang)
             card.checklist.append((step_text.split("\n")[0][:160], option_label))
     msgs = await s.execute(
@@ -202,8 +201,7 @@ async def build_card(s: AsyncSession, desk: Desk, ticket: Ticket, now: datetime)
 
 def desk_article_title(desk: Desk, article_id: str) -> str:
     """The article's title if the KB still has it, else its id."""
-    kb = getattr(desk, "kb", None)
-    article = kb.get(article_id) if kb is not None else None
+    article = desk.kb.get(article_id) if desk.kb is not None else None
     return str(article.title) if article is not None else article_id
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
-from bot.domain import AgentEvent, Attachment, Button, HandleResult, OutMessage
+from bot.domain import AgentEvent, Attachment, HandleResult, OutMessage, csat_rows
 from bot.i18n import t
 from bot.logs import log_context
 from bot.storage.db import Database
@@ -829,6 +829,19 @@ class Desk:
         )
         return await self._refuse(s, ev, text, now)
 
+    async def _take_over(
+        self, s: AsyncSession, ev: AgentEvent, ticket: Ticket, now: datetime
+    ) -> HandleResult | None:
+        """The start of "ask the customer" and "resolve": refuse on a closed ticket, claim an
+        unowned one for the consultant, and relay the text that came with the action."""
+        if (closed := await self._refuse_if_closed(s, ev, ticket, now)) is not None:
+            return closed
+        if ticket.owner_key is None:
+            await self._assign(s, ticket, ev.agent.key, self._agent_name(ev), now, by=ev.agent.key)
+        if ev.text.strip():
+            await self._relay_to_user(s, ev, ticket, ev.text, now)
+        return None
+
     async def _assign(
         self, s: AsyncSession, ticket: Ticket, key: str, name: str, now: datetime, *, by: str
     ) -> None:
@@ -934,12 +947,8 @@ class Desk:
     ) -> HandleResult:
         lang = self.l2_lang
         number = self.number(ticket)
-        if (closed := await self._refuse_if_closed(s, ev, ticket, now)) is not None:
-            return closed
-        if ticket.owner_key is None:
-            await self._assign(s, ticket, ev.agent.key, self._agent_name(ev), now, by=ev.agent.key)
-        if ev.text.strip():
-            await self._relay_to_user(s, ev, ticket, ev.text, now)
+        if (stop := await self._take_over(s, ev, ticket, now)) is not None:
+            return stop
         if ticket.status != "waiting":
             ticket.status = "waiting"
             ticket.waiting_since = now
@@ -982,12 +991,8 @@ class Desk:
     ) -> HandleResult:
         lang = self.l2_lang
         number = self.number(ticket)
-        if (closed := await self._refuse_if_closed(s, ev, ticket, now)) is not None:
-            return closed
-        if ticket.owner_key is None:
-            await self._assign(s, ticket, ev.agent.key, self._agent_name(ev), now, by=ev.agent.key)
-        if ev.text.strip():
-            await self._relay_to_user(s, ev, ticket, ev.text, now)
+        if (stop := await self._take_over(s, ev, ticket, now)) is not None:
+            return stop
         await self._end_pause(s, ticket, now, actor=ev.agent.key)
         await log_event(
             s,
@@ -1016,8 +1021,9 @@ class Desk:
                 nonce = chat.prompt_nonce
                 conv.state = "csat"
                 await log_event(s, "csat_asked", actor="bot", at=now, ticket_id=ticket.id)
-                buttons = [[_button(nonce, str(i), f"csat:{i}") for i in range(1, 6)]]
-                await self.to_user(s, ticket, OutMessage(t("csat_ask", ulang), buttons), now)
+                await self.to_user(
+                    s, ticket, OutMessage(t("csat_ask", ulang), csat_rows(nonce)), now
+                )
             else:
                 conv.state = "done"
         elif conv is not None:
@@ -1165,10 +1171,6 @@ class Desk:
         if user.unreachable:
             user.unreachable = False
             user.unreachable_reason = None
-
-
-def _button(nonce: int, label: str, action: str) -> Button:
-    return Button(label=label, data=f"{nonce}|{action}")
 
 
 def _zone(name: str | None) -> ZoneInfo | None:
