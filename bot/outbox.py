@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from escalation.desk import Desk
 log = logging.getLogger(__name__)
 
 LOCK_FOR = timedelta(seconds=60)
+RECLAIM_EVERY = 5.0  # seconds between looks for rows left by a dead sender
 MAX_ATTEMPTS = 25
 TICKET_KINDS = ("ticket_card", "ticket_post", "agent_notice", "notify")
 
@@ -103,6 +105,7 @@ class Dispatcher:
         self.target_filter = target_filter
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.metrics: Metrics | None = None
+        self._next_reclaim = 0.0
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -130,13 +133,16 @@ class Dispatcher:
 
     async def _claim(self, now: datetime, limit: int) -> list[Outbox]:
         async with self.db.transaction() as s:
-            # Rows whose sender died mid-call go back to the queue.
-            await s.execute(
-                update(Outbox)
-                .where(Outbox.status == "sending", Outbox.locked_until < now)
-                .values(status="pending", locked_by=None)
-            )
-            await self._reclaim_from_dead_workers(s)
+            # Rows whose sender died mid-call go back to the queue: looked for on the first
+            # pass and then every few seconds, not on every pass of a busy dispatcher.
+            if time.monotonic() >= self._next_reclaim:
+                self._next_reclaim = time.monotonic() + RECLAIM_EVERY
+                await s.execute(
+                    update(Outbox)
+                    .where(Outbox.status == "sending", Outbox.locked_until < now)
+                    .values(status="pending", locked_by=None)
+                )
+                await self._reclaim_from_dead_workers(s)
             channels = list(self.senders)
             rows = list(
                 (
