@@ -25,6 +25,7 @@ from bot.metrics import Metrics
 from bot.outbox import Dispatcher, Sender
 from bot.privacy import ERASED
 from bot.storage.db import Database
+from bot.storage.errors import DatabaseUnavailable, database_unavailable
 from bot.storage.models import KbImpression
 from bot.storage.repo import claim_event, enqueue, log_event
 from config.problems import ContentError
@@ -130,9 +131,10 @@ class App:
         """Process an end-user event and wake the outbox.
 
         A bug while handling never reaches the chat as a traceback: the event is kept in the
-        event log, the user gets an apology in their language, and the error is logged. If
-        even that fails (the database is down), the exception propagates so the adapter
-        does not acknowledge the update and the platform delivers it again.
+        event log, the user gets an apology in their language, and the error is logged. When
+        the database itself is unavailable, :class:`DatabaseUnavailable` propagates instead
+        (nothing was committed), so the adapter does not acknowledge the update and the
+        platform delivers it again.
         """
         self.kb.reload_if_changed()
         if ev.kind == "command" and ev.command == "digest" and self.is_manager(ev.user.key):
@@ -140,7 +142,8 @@ class App:
         token = log_context.set({"channel": ev.channel, "event_id": ev.event_id})
         try:
             result = await _retrying(lambda: self.engine.handle(ev))
-        except Exception:
+        except Exception as exc:
+            _raise_if_unavailable(exc, ev.channel, ev.event_id)
             log.exception("failed to handle %s event %s", ev.channel, ev.event_id)
             await self._keep_failed(ev, ev.chat_id, ev.user.language_code, ev.text or ev.data)
             result = HandleResult(refused=True, ack=t("internal_error", self._lang(ev)))
@@ -160,7 +163,8 @@ class App:
         token = log_context.set({"channel": ev.channel, "event_id": ev.event_id})
         try:
             result = await _retrying(lambda: self.desk.handle_agent(ev))
-        except Exception:
+        except Exception as exc:
+            _raise_if_unavailable(exc, ev.channel, ev.event_id)
             log.exception("failed to handle %s agent event %s", ev.channel, ev.event_id)
             await self._keep_failed(ev, None, None, ev.text)
             result = HandleResult(refused=True, ack=t("internal_error", self.desk.l2_lang))
@@ -254,6 +258,15 @@ class App:
     async def close(self) -> None:
         """Release the database."""
         await self.db.dispose()
+
+
+def _raise_if_unavailable(exc: Exception, channel: str, event_id: str) -> None:
+    """A database outage is not a bug of this event: no apology, no ``intake_failed``; the
+    adapter leaves the event unacknowledged (or retries it) so it is handled once the
+    database is back."""
+    if database_unavailable(exc):
+        log.warning("database unavailable; %s event %s left for redelivery", channel, event_id)
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}"[:500]) from exc
 
 
 async def _retrying(work: Callable[[], Awaitable[HandleResult]], attempts: int = 3) -> HandleResult:
