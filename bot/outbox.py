@@ -361,6 +361,9 @@ class Dispatcher:
             )
             if result.unreachable and row.kind == "message":
                 await self.desk.mark_unreachable(s, row.channel, row.target, result.error, now)
+            elif row.kind == "message" and row.ticket_id is not None:
+                # Never silently: L2 learns on the ticket that the user did not get it.
+                await self.desk.delivery_failed(s, row.ticket_id, result.error, now)
             return
         delay = result.retry_after if result.retry_after is not None else backoff(attempts)
         await s.execute(

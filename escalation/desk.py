@@ -1166,6 +1166,16 @@ class Desk:
             )
             await self.update_card(s, ticket, now)
 
+    async def delivery_failed(
+        self, s: AsyncSession, ticket_id: int, reason: str, now: datetime
+    ) -> None:
+        """A message for the ticket's user was given up on (refused for good, or still failing
+        after every retry): say so in the ticket's thread, so L2 does not assume it arrived."""
+        ticket = await s.get(Ticket, ticket_id)
+        if ticket is not None:
+            text = lt("delivery_failed", self.l2_lang, reason=reason[:200])
+            await self.notice(s, ticket, text, now)
+
     async def mark_reachable(self, s: AsyncSession, user: User) -> None:
         """The user wrote again: they can be reached."""
         if user.unreachable:

@@ -46,6 +46,10 @@ L2_MESSAGES: dict[str, dict[str, str]] = {
         "en": "⛔ The user cannot be reached (blocked the bot?): {reason}",
         "ru": "⛔ Пользователь недоступен (заблокировал бота?): {reason}",
     },
+    "delivery_failed": {
+        "en": "⚠️ A message to the user could not be delivered, they have not seen it: {reason}",
+        "ru": "⚠️ Сообщение пользователю не доставлено, он его не видел: {reason}",
+    },
     "msg_from_user": {"en": "💬 {user}: {text}", "ru": "💬 {user}: {text}"},
     "msg_edited": {"en": "✏️ {user} edited: {text}", "ru": "✏️ {user} исправил(а): {text}"},
     "claimed": {"en": "✋ {agent} took {number}", "ru": "✋ {agent} взял(а) {number}"},
