@@ -78,6 +78,15 @@ NO_TOPICS = ("not enough rights", "chat is not a forum", "not a forum", "chat_no
 BAD_MARKUP = ("can't parse entities", "unsupported start tag", "can't find end")
 BAD_FILE = ("wrong file identifier", "wrong remote file", "file_id", "wrong type of the web page")
 GONE_USER = ("chat not found", "user is deactivated", "peer_id_invalid")
+# A desk group that was deleted, deactivated, or took the bot's right to write: an admin's fix
+# (a new chat id, the bot added back) away, so its rows wait instead of being dropped.
+DESK_UNAVAILABLE = (
+    "chat not found",
+    "group chat was deactivated",
+    "have no rights to send",
+    "not enough rights to send",
+    "chat_write_forbidden",
+)
 
 
 def _has(exc: TelegramAPIError, needles: tuple[str, ...]) -> bool:
@@ -267,6 +276,9 @@ class TelegramSender:
             if _is_private(item.target) and _has(e, GONE_USER):
                 self._progress.pop(item.id, None)
                 return SendResult(ok=False, permanent=True, unreachable=True, error=_err(e))
+            if not _is_private(item.target) and _has(e, DESK_UNAVAILABLE):
+                log.error("the bot cannot post in chat %s: %s", item.target, e.message)
+                return SendResult(ok=False, error=_err(e))
             log.warning("Telegram refused outbox row %s (%s): %s", item.id, item.kind, e.message)
             self._progress.pop(item.id, None)
             return SendResult(ok=False, permanent=True, error=_err(e))
