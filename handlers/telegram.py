@@ -59,6 +59,7 @@ from bot.domain import (
     pick_lang,
 )
 from bot.outbox import Sender
+from bot.storage.errors import database_unavailable
 from bot.storage.models import Ticket
 from escalation.card import build_card
 from handlers.telegram_render import (
@@ -261,6 +262,7 @@ class TelegramChannel:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._failures: dict[int, int] = {}
+        self._db_down = 0  # consecutive units refused because the database was unavailable
         self._album_seen: dict[tuple[int, str], float] = {}
         self._pending: dict[tuple[int, str], _PendingAlbum] = {}
         self._noted_groups: set[int] = set()
@@ -400,16 +402,31 @@ class TelegramChannel:
             data = e.data if isinstance(e.data, dict) else {}
             if not data.get("ok") or not isinstance(data.get("result"), list):
                 raise
-            return [self.parse_update(raw) for raw in data["result"]]
+            updates: list[Update] = []
+            for raw in data["result"]:
+                try:
+                    updates.append(self.parse_update(raw))
+                except ValueError:
+                    log.warning("getUpdates returned an item that is not an update: %.200r", raw)
+            return updates
 
-    def parse_update(self, raw: dict[str, Any]) -> Update:
+    def parse_update(self, raw: Any) -> Update:
         """Validate one raw update leniently: parts aiogram rejects are dropped (and, for a
-        message, remembered as unsupported content) instead of losing the whole update."""
+        message, remembered as unsupported content) instead of losing the whole update.
+
+        Raises :class:`ValueError` for something that is not an update at all (no object,
+        no integer ``update_id``): there is nothing to confirm or answer.
+        """
+        if not isinstance(raw, dict):
+            raise ValueError("an update must be a JSON object")
+        uid_raw = raw.get("update_id")
+        if isinstance(uid_raw, bool) or not isinstance(uid_raw, int):
+            raise ValueError("an update needs an integer update_id")
         try:
             return Update.model_validate(raw, context={"bot": self.bot})
         except ValidationError as e:
             bad = {tuple(err["loc"][:2]) for err in e.errors() if len(err["loc"]) >= 2}
-        uid = int(raw.get("update_id", 0))
+        uid = uid_raw
         trimmed = copy.deepcopy(raw)
         for kind, key in bad:
             part = trimmed.get(str(kind))
@@ -477,7 +494,8 @@ class TelegramChannel:
         for unit in units:
             if not await self._handle_safely(unit):
                 self.offset = unit.first  # everything before it is committed
-                return min(2.0 ** self._failures.get(unit.first, 1), 30.0)
+                tries = self._failures.get(unit.first, 0) or self._db_down
+                return min(2.0 ** max(tries, 1), 30.0)
             if unit.album is not None:
                 self._album_seen.pop(unit.album, None)
         if deferred is not None:
@@ -487,10 +505,21 @@ class TelegramChannel:
         return pause
 
     async def _handle_safely(self, unit: _Unit) -> bool:
-        """Handle a unit; ``False`` means retry it later (nothing after it is confirmed)."""
+        """Handle a unit; ``False`` means retry it later (nothing after it is confirmed).
+
+        An update that keeps failing is skipped after a few tries so it cannot block the
+        rest; a database outage is not the update's fault and never counts as a try.
+        """
         try:
             await self.handle_unit(unit)
-        except Exception:
+        except Exception as exc:
+            if database_unavailable(exc):
+                self._db_down += 1
+                log.warning(
+                    "database unavailable (%s); update %s stays unconfirmed", exc, unit.first
+                )
+                return False
+            self._db_down = 0
             n = self._failures.get(unit.first, 0) + 1
             self._failures[unit.first] = n
             if n < MAX_HANDLE_ATTEMPTS:
@@ -502,6 +531,7 @@ class TelegramChannel:
                 n,
                 [u.model_dump_json(exclude_none=True)[:2000] for u in unit.updates],
             )
+        self._db_down = 0
         self._failures.pop(unit.first, None)
         return True
 
@@ -521,7 +551,10 @@ class TelegramChannel:
             return web.Response(status=400, text="bad update")
         try:
             await self.ingest(update)
-        except Exception:
+        except Exception as exc:
+            if database_unavailable(exc):
+                log.warning("database unavailable; webhook update %s refused", update.update_id)
+                return web.Response(status=503, text="retry")
             log.exception("webhook update %s failed; Telegram will retry", update.update_id)
             return web.Response(status=500, text="retry")
         return web.Response(status=200, text="ok")
@@ -585,9 +618,11 @@ class TelegramChannel:
             elif u.my_chat_member is not None:
                 await self._on_membership(u.my_chat_member)
             else:
-                log.info("ignoring update %s of type %s", u.update_id, u.event_type)
+                log.info("ignoring update %s of type %s", u.update_id, _event_type(u))
         finally:
             self._busy -= 1
+            for x in unit.updates:  # what validation stripped is needed only while handling
+                self._stripped.pop(x.update_id, None)
 
     @staticmethod
     def _event_id(unit: _Unit, msgs: Sequence[Message]) -> str:
@@ -871,6 +906,14 @@ class TelegramChannel:
 
 
 # ---------------------------------------------------------------------- message parsing
+
+
+def _event_type(u: Update) -> str:
+    """The update's kind for a log line (aiogram raises for a kind it does not know)."""
+    try:
+        return u.event_type
+    except LookupError:
+        return "unknown"
 
 
 def parse_command(m: Message) -> tuple[str, str] | None:

@@ -12,7 +12,8 @@
   the offset a client sends confirms everything before it (:attr:`confirmed`). A webhook set
   with ``setWebhook`` makes ``getUpdates`` answer 409, and :meth:`push` POSTs an update to it.
 * Fault injection: :meth:`fail_next` makes the next call(s) of a method return 429 with
-  ``retry_after``, 403, 400 with a description, or 500.
+  ``retry_after``, 403, 400 with a description, or 5xx; :meth:`break_next` makes them time out
+  (no answer ever comes) or lose the connection (a TCP reset) before Telegram acts on them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import contextlib
 import itertools
 import json
 import re
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,6 +176,15 @@ class Fault:
     retry_after: float | None = None
     chat_id: int | None = None
     times: int | None = 1  # None: until cleared
+    network: str | None = None  # "timeout" or "reset": no HTTP answer at all
+
+
+class _Broken(Exception):
+    """A network fault to act out instead of answering."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
 
 
 @dataclass
@@ -280,6 +292,7 @@ class FakeTelegramAPI:
         self._file_ids = itertools.count(1)
         self._group_ids = itertools.count(1)
         self._arrived = asyncio.Event()
+        self._released = asyncio.Event()  # hung calls (timeouts) end when the fake closes
         self._runner: web.AppRunner | None = None
         self._closing = False
 
@@ -301,6 +314,7 @@ class FakeTelegramAPI:
         """Stop listening (waking any long poll)."""
         self._closing = True
         self._arrived.set()
+        self._released.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -342,7 +356,10 @@ class FakeTelegramAPI:
         call = Call(method, params)
         self.calls.append(call)
         try:
-            self._inject_fault(method, params)
+            try:
+                self._inject_fault(method, params)
+            except _Broken as broken:
+                return await self._act_out(request, call, broken.how)
             handler = getattr(self, f"api_{method.lower()}", None)
             if handler is None:
                 kind = MEDIA_METHODS.get(method.lower())
@@ -391,6 +408,35 @@ class FakeTelegramAPI:
             retry_after = 1
         self.faults.append(Fault(method.lower(), status, description, retry_after, chat_id, times))
 
+    def break_next(
+        self,
+        method: str,
+        how: str = "timeout",
+        *,
+        chat_id: int | None = None,
+        times: int | None = 1,
+    ) -> None:
+        """Make the next ``times`` calls of ``method`` fail on the network: ``"timeout"`` (the
+        request is never answered) or ``"reset"`` (the connection is reset). Telegram does not
+        act on them, so a retry is not a duplicate."""
+        assert how in ("timeout", "reset"), how
+        self.faults.append(Fault(method.lower(), 0, how, None, chat_id, times, network=how))
+
+    async def _act_out(self, request: web.Request, call: Call, how: str) -> web.Response:
+        call.status = 0
+        call.result = how
+        if how == "timeout":
+            await self._released.wait()  # the client gives up long before
+            return web.Response(status=504)
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        return web.Response(status=502)  # never reaches the client
+
     def clear_faults(self) -> None:
         """Forget every queued failure."""
         self.faults.clear()
@@ -405,6 +451,8 @@ class FakeTelegramAPI:
                 f.times -= 1
                 if f.times <= 0:
                     self.faults.remove(f)
+            if f.network is not None:
+                raise _Broken(f.network)
             raise ApiError(f.status, f.description, f.retry_after)
 
     # ------------------------------------------------------------------ world setup
