@@ -47,6 +47,7 @@ from bot.domain import (
     pick_lang,
 )
 from bot.i18n import t
+from bot.storage.errors import database_unavailable
 from bot.storage.models import TicketMessage, User
 from config.settings import Settings
 from escalation.desk import destination_split
@@ -87,6 +88,12 @@ CARD_ACTIONS: dict[str, AgentAction] = {
     "save_kb": "save_kb",
 }
 DELETED_MARK = {"en": "🗑 (deleted by the user)", "ru": "🗑 (удалено пользователем)"}
+NOT_NOW = {
+    "en": "Sorry, I cannot take your request right now. Please try again in a minute.",
+    "ru": "Извините, сейчас не получается принять обращение. Попробуйте через минуту.",
+}
+# Pauses before re-running acknowledged work that met a database outage (about 10 minutes).
+LATE_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 240.0)
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _BARE_MENTION = re.compile(r"<@([UW][A-Z0-9]+)>")
 MENTIONS_RESOLVED = 5  # users.info calls one message may cost
@@ -149,6 +156,7 @@ class SlackChannel:
             raise ValueError("SLACK_BOT_TOKEN is not set")
         self.app = app
         self.ack_budget = ack_budget
+        self.late_retry_delays: tuple[float, ...] = LATE_RETRY_DELAYS
         self.socket_mode = cfg.app_token is not None
         secret = cfg.signing_secret.get_secret_value() if cfg.signing_secret else ""
         if not self.socket_mode and not secret:
@@ -304,9 +312,14 @@ class SlackChannel:
 
         task.add_done_callback(done)
 
-    async def _bounded(self, coro: Awaitable[T], what: str) -> T | None:
-        """Run ``coro`` inline up to the ack budget; past it, finish in the background."""
-        task = asyncio.ensure_future(coro)
+    async def _bounded(self, work: Callable[[], Awaitable[T]], what: str) -> T | None:
+        """Run ``work()`` inline up to the ack budget; past it, finish in the background.
+
+        A failure inside the budget propagates: the request is not acknowledged with 200 and
+        Slack re-delivers an event. Past the budget Slack has its 200 and will not: work that
+        then fails because the database is unavailable is run again here until it gets in.
+        """
+        task = asyncio.ensure_future(work())
         self._track(task)
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.ack_budget)
@@ -316,11 +329,33 @@ class SlackChannel:
             )
 
             def done(f: asyncio.Future[Any]) -> None:
-                if not f.cancelled() and f.exception() is not None:
-                    log.error("Slack %s failed after the ack", what, exc_info=f.exception())
+                if f.cancelled() or f.exception() is None:
+                    return
+                exc = f.exception()
+                if exc is not None and database_unavailable(exc):
+                    self._track(asyncio.ensure_future(self._retry_late(work, what)))
+                else:
+                    log.error("Slack %s failed after the ack", what, exc_info=exc)
 
             task.add_done_callback(done)
             return None
+
+    async def _retry_late(self, work: Callable[[], Awaitable[Any]], what: str) -> None:
+        """Acknowledged work that met a database outage: try again with growing pauses (each
+        attempt is a fresh unit of work; the event id keeps it from being applied twice)."""
+        for n, delay in enumerate(self.late_retry_delays, start=1):
+            log.warning("database unavailable; Slack %s retried in %.0fs (%d)", what, delay, n)
+            await asyncio.sleep(delay)
+            try:
+                await work()
+            except Exception as exc:
+                if database_unavailable(exc):
+                    continue
+                log.error("Slack %s failed after the ack", what, exc_info=exc)
+                return
+            log.info("Slack %s handled after the database came back", what)
+            return
+        log.error("Slack %s lost: the database stayed unavailable", what)
 
     # ------------------------------------------------------------------ identities
 
@@ -440,7 +475,7 @@ class SlackChannel:
             body.get("event_id") or f"{channel}:{event.get('event_ts') or event.get('ts')}"
         )
         if event.get("channel_type") == "im" or channel in self.desk_channels:
-            await self._bounded(self._message(event, event_id), f"message {event_id}")
+            await self._bounded(lambda: self._message(event, event_id), f"message {event_id}")
 
     async def _message(self, event: dict[str, Any], event_id: str) -> None:
         """Translate and handle one message event (inside the ack budget)."""
@@ -568,7 +603,7 @@ class SlackChannel:
     async def _on_user_button(
         self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]
     ) -> None:
-        await self._bounded(self._user_button(body, action), "button")
+        await self._bounded(lambda: self._user_button(body, action), "button")
         await ack()
 
     async def _user_button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -622,7 +657,7 @@ class SlackChannel:
         action: dict[str, Any],
         respond: Callable[..., Awaitable[Any]] | None,
     ) -> None:
-        await self._bounded(self._card_action(body, action, respond), "card action")
+        await self._bounded(lambda: self._card_action(body, action, respond), "card action")
         await ack()
 
     async def _card_action(
@@ -677,20 +712,29 @@ class SlackChannel:
     async def _on_command(
         self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]
     ) -> None:
-        await self._bounded(self._command(command), f"command {command.get('command')}")
-        await ack()
+        # Slack never re-sends a slash command: what cannot be handled now is said to the user.
+        refusal = await self._bounded(
+            lambda: self._command(command), f"command {command.get('command')}"
+        )
+        if refusal:
+            await ack(text=refusal)
+        else:
+            await ack()
 
-    async def _command(self, command: dict[str, Any]) -> None:
-        """``/support [text]``: start, continue, or run a sub-command in the user's DM."""
+    async def _command(self, command: dict[str, Any]) -> str | None:
+        """``/support [text]``: start, continue, or run a sub-command in the user's DM.
+
+        Returns a text for the user when the command could not be taken on (shown in reply
+        to the command itself, since there is no DM to answer in)."""
         user_id = str(command.get("user_id") or "")
         text = (await self.plain(str(command.get("text") or ""))).strip()
+        ref = await self.user_ref(user_id, str(command.get("user_name") or ""))
         try:
             chat = await self.dm_channel(user_id)
         except (SlackApiError, aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             log.error("cannot open a DM with %s for %s: %s", user_id, command.get("command"), exc)
-            return
+            return NOT_NOW[pick_lang(ref.language_code)]
         word, _, rest = text.partition(" ")
-        ref = await self.user_ref(user_id, str(command.get("user_name") or ""))
         event_id = f"cmd:{command.get('trigger_id') or user_id + ':' + str(time.time_ns())}"
         if not text:
             ev = UserEvent(CHANNEL, event_id, ref, chat, "command", command="start")
@@ -700,7 +744,13 @@ class SlackChannel:
             )
         else:
             ev = UserEvent(CHANNEL, event_id, ref, chat, "message", text=text)
-        await self.app.handle_user(ev)
+        try:
+            await self.app.handle_user(ev)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            return NOT_NOW[pick_lang(ref.language_code)]
+        return None
 
     # ------------------------------------------------------------------ App Home
 
