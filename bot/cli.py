@@ -689,23 +689,148 @@ def retention(
     with_app(go)
 
 
-@app.command()
-def status() -> None:
-    """Outbox lag and failures, open tickets by state."""
+WAITING = ("pending", "sending")
+SHOWN_ROWS = 5  # rows listed per section of `firstline status`
+
+
+def _row_info(row: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "channel": row.channel,
+        "target": row.target,
+        "kind": row.kind,
+        "ticket_id": row.ticket_id,
+        "attempts": row.attempts,
+        "age_seconds": round(max((now - row.created_at).total_seconds(), 0.0), 1),
+        "next_try_in_seconds": round(max((row.next_attempt_at - now).total_seconds(), 0.0), 1),
+        "error": (row.last_error or "")[:300],
+    }
+
+
+async def status_report(db: Database, now: datetime) -> dict[str, Any]:
+    """The outbox as an operator needs it: how far behind (lag), per channel, which platform
+    errors are being retried right now, the latest deliveries given up on; tickets by state.
+    """
     from sqlalchemy import func
 
     from bot.outbox import outbox_stats
+    from bot.storage.models import Outbox
+
+    stats = await outbox_stats(db, now)
+    async with db.transaction() as s:
+        per_channel = (
+            await s.execute(
+                select(Outbox.channel, Outbox.status, func.count(), func.min(Outbox.created_at))
+                .where(Outbox.status.in_((*WAITING, "failed")))
+                .group_by(Outbox.channel, Outbox.status)
+            )
+        ).all()
+        retrying = (
+            await s.execute(
+                select(Outbox)
+                .where(Outbox.status.in_(WAITING), Outbox.attempts > 0)
+                .order_by(Outbox.id)
+                .limit(SHOWN_ROWS)
+            )
+        ).scalars()
+        retrying_info = [_row_info(r, now) for r in retrying]
+        n_retrying = (
+            await s.execute(
+                select(func.count())
+                .select_from(Outbox)
+                .where(Outbox.status.in_(WAITING), Outbox.attempts > 0)
+            )
+        ).scalar_one()
+        failed = (
+            await s.execute(
+                select(Outbox)
+                .where(Outbox.status == "failed")
+                .order_by(Outbox.id.desc())
+                .limit(SHOWN_ROWS)
+            )
+        ).scalars()
+        failed_info = [_row_info(r, now) for r in failed]
+        tickets = (
+            await s.execute(select(Ticket.status, func.count()).group_by(Ticket.status))
+        ).all()
+    channels: dict[str, dict[str, Any]] = {}
+    for channel, status_, n, oldest in per_channel:
+        c = channels.setdefault(channel, {"waiting": 0, "failed": 0, "lag_seconds": 0.0})
+        if status_ == "failed":
+            c["failed"] += int(n)
+            continue
+        c["waiting"] += int(n)
+        lag = max((now - oldest).total_seconds(), 0.0)
+        c["lag_seconds"] = round(max(c["lag_seconds"], lag), 1)
+    return {
+        "outbox": {
+            "counts": stats["counts"],
+            "lag_seconds": round(stats["lag_seconds"], 1),
+            "channels": channels,
+            "retrying": int(n_retrying),
+            "retrying_rows": retrying_info,
+            "failed_rows": failed_info,
+        },
+        "tickets": {st: int(n) for st, n in tickets},
+    }
+
+
+def status_lines(report: dict[str, Any]) -> list[str]:
+    """``firstline status`` for a human."""
+    out = report["outbox"]
+    counts = out["counts"]
+    waiting = sum(int(counts.get(k, 0)) for k in WAITING)
+    lines = [
+        f"outbox: {waiting} waiting, {counts.get('failed', 0)} failed, "
+        f"{counts.get('sent', 0)} sent; lag {out['lag_seconds']:.1f}s (oldest unsent row)"
+    ]
+    for name, c in sorted(out["channels"].items()):
+        lines.append(
+            f"  {name}: {c['waiting']} waiting, lag {c['lag_seconds']:.1f}s; {c['failed']} failed"
+        )
+    if out["retrying"]:
+        lines.append(f"platform errors being retried: {out['retrying']} rows")
+        for r in out["retrying_rows"]:
+            lines.append(
+                f"  #{r['id']} {r['channel']} {r['target']} {r['kind']}: {r['attempts']} "
+                f"attempts, next in {r['next_try_in_seconds']:.0f}s — {r['error']}"
+            )
+    if out["failed_rows"]:
+        lines.append("given up (latest first):")
+        for r in out["failed_rows"]:
+            lines.append(
+                f"  #{r['id']} {r['channel']} {r['target']} {r['kind']}: "
+                f"{r['attempts']} attempts — {r['error']}"
+            )
+    tickets = report["tickets"]
+    lines.append("tickets: " + (", ".join(f"{k}={v}" for k, v in tickets.items()) or "none"))
+    return lines
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Outbox lag per channel, platform errors being retried, failed deliveries, tickets.
+
+    Exits with 1 when the database cannot be reached (the outbox is stalled too)."""
+    from bot.storage.errors import database_unavailable
 
     async def go(a: App) -> None:
-        stats = await outbox_stats(a.db, a.clock.now())
-        async with a.db.transaction() as s:
-            by_state = (
-                await s.execute(select(Ticket.status, func.count()).group_by(Ticket.status))
-            ).all()
-        typer.echo(f"outbox: {stats['counts']}, lag {stats['lag_seconds']:.1f}s")
-        typer.echo("tickets: " + (", ".join(f"{st}={n}" for st, n in by_state) or "none"))
+        report = await status_report(a.db, a.clock.now())
+        if as_json:
+            typer.echo(json.dumps(report, ensure_ascii=False))
+            return
+        for line in status_lines(report):
+            typer.echo(line)
 
-    with_app(go)
+    try:
+        with_app(go)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        typer.echo(f"database unavailable: {type(exc).__name__}: {exc}"[:500], err=True)
+        raise typer.Exit(1) from exc
 
 
 def main() -> None:
