@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -134,8 +133,8 @@ async def test_the_outbox_pauses_during_the_outage_and_resumes_after(
 # ---------------------------------------------------------------------- PostgreSQL
 
 
-async def _scratch_pg(name: str) -> str:
-    """A fresh, empty database ``name`` on the test server; its URL."""
+async def _pg_admin(*statements: str) -> None:
+    """Run ``statements`` on the test server's maintenance database."""
     import asyncpg
 
     base = make_url(PG_URL)
@@ -147,11 +146,10 @@ async def _scratch_pg(name: str) -> str:
         database=base.database or "postgres",
     )
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        for statement in statements:
+            await conn.execute(statement)
     finally:
         await conn.close()
-    return base.set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set")
@@ -159,7 +157,10 @@ async def test_postgresql_connections_dropped_and_refused(
     clock: FakeClock, request: pytest.FixtureRequest
 ) -> None:
     worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
-    url = make_url(await _scratch_pg(f"firstline_outage_{worker}_{os.getpid()}"))
+    name = f"firstline_outage_{worker}"
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    await _pg_admin(drop, f'CREATE DATABASE "{name}"')
+    url = make_url(PG_URL).set(database=name)
     proxy = await FaultyProxy(url.host or "127.0.0.1", url.port or 5432).start()
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     app = await App.create(_settings(proxied), clock)
@@ -191,3 +192,4 @@ async def test_postgresql_connections_dropped_and_refused(
     finally:
         await app.close()
         await proxy.close()
+        await _pg_admin(drop)
