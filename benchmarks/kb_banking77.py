@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import random
 import statistics
 import sys
@@ -141,15 +142,23 @@ def build(articles: list[Article], settings: MatchSettings) -> tuple[KnowledgeBa
     return kb, time.perf_counter() - t0
 
 
-def latency(kb: KnowledgeBase, questions: Sequence[str]) -> tuple[float, float]:
-    """p50 and p99 of one search, in milliseconds."""
+def latency(kb: KnowledgeBase, questions: Sequence[str]) -> tuple[float, float, float]:
+    """p50 and p99 of one search (wall clock) and p99 of its CPU time, in milliseconds.
+
+    The CPU time (this thread only) leaves out the waits for a core that other processes
+    on a shared machine add to the wall-clock tail.
+    """
     times = []
+    cpu = []
     for q in questions:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         kb.search(q, "en")
         times.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.thread_time() - c0) * 1000)
     times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+    cpu.sort()
+    p99 = min(len(times) - 1, int(len(times) * 0.99))
+    return statistics.median(times), times[p99], cpu[p99]
 
 
 def fmt(x: float) -> str:
@@ -160,7 +169,7 @@ def fmt(x: float) -> str:
 def calibrate(train: Rows, settings: MatchSettings, seeds: int) -> None:
     """Print threshold choices measured on train splits only (K=10, 15 intents out)."""
     intents = sorted(by_intent(train))
-    for weight in (0.4, 0.5, 0.6, 0.7):
+    for weight in (0.5, 0.6, 0.7):
         st = replace(settings, model_weight=weight)
         feats: list[tuple[float, float, bool, bool]] = []  # s1, s2, correct, oos
         for seed in range(seeds):
@@ -176,7 +185,7 @@ def calibrate(train: Rows, settings: MatchSettings, seeds: int) -> None:
         oos = [f for f in feats if f[3]]
         print(f"model_weight={weight}: in-scope top-1 {sum(f[2] for f in ins) / len(ins):.3f}")
         # The suggest threshold: the lowest that sends >= 80% of OOS questions to "none".
-        for target in (0.6, 0.7, 0.8):
+        for target in (0.7, 0.8, 0.85):
             oos_s1 = sorted(f[0] for f in oos)
             thr = oos_s1[int(len(oos_s1) * target)]
             kept = sum(f[2] and f[0] >= thr for f in ins) / len(ins)
@@ -243,8 +252,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{fmt(statistics.fmean(r[k] for r in oos_runs)):>{w}}"
         for k, w in (("oos_recall", 10), ("in_top1", 8), ("in_acc", 7))
     ))
-    print("\nScale (all phrasings; 100k = each phrasing repeated 10 times)")
-    print(f"{'phrasings':>9} {'build_s':>7} {'peak_MB':>7} {'p50_ms':>7} {'p99_ms':>7}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nScale (all phrasings; 100k = each phrasing repeated 10 times); "
+          f"load average {load:.1f} on {os.cpu_count()} cores")
+    print(f"{'phrasings':>9} {'build_s':>7} {'peak_MB':>7} {'p50_ms':>7} {'p99_ms':>13} "
+          f"{'cpu_p99_ms':>10}")
     kb_rows, _ = sample(train, None, 0)
     questions = [t for t, _ in test][: 300 if args.quick else 2000]
     for repeat in (1, 10):
@@ -256,8 +268,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         latency(kb, questions[:50])  # warm-up
-        p50, p99 = latency(kb, questions)
-        print(f"{n:>9} {secs:>7.2f} {peak:>7.0f} {p50:>7.2f} {p99:>7.2f}")
+        # Two passes: on a shared machine one pass's tail can be another job's burst.
+        (p50, p99, cpu99), (_, p99b, cpu99b) = latency(kb, questions), latency(kb, questions)
+        print(f"{n:>9} {secs:>7.2f} {peak:>7.0f} {p50:>7.2f} {p99:>6.2f}/{p99b:<6.2f} "
+              f"{max(cpu99, cpu99b):>10.2f}")
 
 
 if __name__ == "__main__":

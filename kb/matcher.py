@@ -53,19 +53,20 @@ class MatchSettings:
     (``benchmarks/kb_banking77.py --calibrate``); scores are in 0..1.
     """
 
-    answer_threshold: float = 0.66  # best score needed to answer with one article
-    suggest_threshold: float = 0.48  # best score needed to offer suggestions at all
-    answer_margin: float = 0.36  # best minus second needed to answer
+    answer_threshold: float = 0.68  # best score needed to answer with one article
+    suggest_threshold: float = 0.46  # best score needed to offer suggestions at all
+    answer_margin: float = 0.40  # best minus second needed to answer
     max_results: int = 3
-    model_weight: float = 0.4  # share of the classifier probability in the score
+    model_weight: float = 0.6  # share of the classifier probability in the score
     regularization: float = 20.0  # inverse L2 strength of the classifier
     max_iterations: int = 15  # L-BFGS iterations at index build
     # The classifier learns from at most this many phrasings per article (spread evenly
     # over its list); the similarity signal always uses all of them.  Keeps the build
     # time flat for large KBs at a small cost in accuracy.
     max_train_per_article: int = 40
-    # A feature gets a classifier weight only if this many training phrasings have it:
-    # one-off character grams memorise a phrasing, cost build time and add nothing.
+    # A word pair or character gram gets a classifier weight only if this many training
+    # phrasings have it (single words always do): one-off pairs and grams memorise a
+    # phrasing, cost build time and add nothing.
     min_feature_rows: int = 2
     candidates: int = 24  # best prefilter phrasings re-ranked with rapidfuzz per query
     prefilter_postings: int = 4000  # postings the prefilter reads per query (rarest first)
@@ -208,6 +209,13 @@ class _Vectorizer:
         """Columns ``0 .. word_features`` are the ``w`` block (the prefilter's index)."""
         return self.offsets[1]
 
+    def unigrams(self) -> npt.NDArray[np.bool_]:
+        """A mask of the single-word features (of the ``w`` and ``s`` blocks)."""
+        mask = np.zeros(self.n_features, dtype=bool)
+        mask[: self.n_tok] = True
+        mask[self.offsets[2] : self.offsets[2] + self.n_tok] = True
+        return mask
+
     def _token_grams(self, t: str, i: int) -> list[int]:
         """Columns of the character grams of one stem (known or not), cached."""
         cols = self._gram_cols.get(t)
@@ -298,7 +306,7 @@ def _normalize_rows(m: sparse.csr_matrix) -> sparse.csr_matrix:
 
 def _train_softmax(
     x: sparse.csr_matrix, y: IntArray, n_classes: int, c: float, max_iter: int,
-    min_rows: int = 1,
+    min_rows: int = 1, always: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[IntArray, FloatArray, FloatArray]:
     """Multinomial logistic regression, L2-regularised, fitted with a small L-BFGS.
 
@@ -308,9 +316,13 @@ def _train_softmax(
     """
     n = x.shape[0]
     # Only features the training rows use can get a non-zero weight; features seen in
-    # fewer than ``min_rows`` rows memorise one phrasing and are left out.
+    # fewer than ``min_rows`` rows memorise one phrasing and are left out, except those
+    # marked ``always`` (single words: a key term may well be in one phrasing only).
     df = np.bincount(x.indices, minlength=x.shape[1])
-    used = np.flatnonzero(df >= min_rows)
+    keep = df >= min_rows
+    if always is not None:
+        keep |= always & (df > 0)
+    used = np.flatnonzero(keep)
     x = x[:, used].astype(np.float32)
     f = len(used)
     xt = x.T.tocsr()
@@ -357,7 +369,10 @@ def _train_softmax(
             new_value, new_grad = loss(new_theta)
             if new_value <= value + 1e-4 * step * slope:
                 break
-            step *= 0.5
+            # The minimum of the quadratic through the two values and the slope: far
+            # fewer evaluations than halving when the first step overshoots a lot.
+            curv = new_value - value - slope * step
+            step *= min(0.5, max(0.1, -slope * step / (2 * curv))) if curv > 0 else 0.5
         else:
             break
         s_new, y_new = new_theta - theta, new_grad - grad
@@ -427,6 +442,7 @@ class Matcher:
             used, w, self.b = _train_softmax(
                 full[rows[train]], self.owner[train], n_classes, self.settings.regularization,
                 self.settings.max_iterations, self.settings.min_feature_rows,
+                self.vectorizer.unigrams(),
             )
             self.w = np.vstack([w, np.zeros((1, n_classes), dtype=np.float32)])
             self.w_row[:] = len(used)
