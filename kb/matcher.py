@@ -54,9 +54,9 @@ class MatchSettings:
     (``benchmarks/kb_banking77.py --calibrate``); scores are in 0..1.
     """
 
-    answer_threshold: float = 0.68  # best score needed to answer with one article
+    answer_threshold: float = 0.50  # best score needed to answer with one article
     suggest_threshold: float = 0.46  # best score needed to offer suggestions at all
-    answer_margin: float = 0.40  # best minus second needed to answer
+    answer_margin: float = 0.44  # best minus second needed to answer
     max_results: int = 3
     model_weight: float = 0.6  # share of the classifier probability in the score
     regularization: float = 20.0  # inverse L2 strength of the classifier
