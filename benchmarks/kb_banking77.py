@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import random
 import statistics
 import sys
@@ -141,15 +142,29 @@ def build(articles: list[Article], settings: MatchSettings) -> tuple[KnowledgeBa
     return kb, time.perf_counter() - t0
 
 
-def latency(kb: KnowledgeBase, questions: Sequence[str]) -> tuple[float, float]:
-    """p50 and p99 of one search, in milliseconds."""
+def latency(
+    kb: KnowledgeBase, questions: Sequence[str], pause: float = 0.0
+) -> tuple[float, float, float]:
+    """p50 and p99 of one search (wall clock) and p99 of its CPU time, in milliseconds.
+
+    Back to back (``pause=0``) the loop never sleeps, so on a shared machine the
+    scheduler preempts it every time slice, in the middle of some query; with a pause
+    the queries arrive as a bot's do, each to a process that was idle.  The CPU time
+    (this thread only) leaves out the waits for a core either way.
+    """
     times = []
+    cpu = []
     for q in questions:
-        t0 = time.perf_counter()
+        if pause:
+            time.sleep(pause)
+        t0, c0 = time.perf_counter(), time.thread_time()
         kb.search(q, "en")
         times.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.thread_time() - c0) * 1000)
     times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+    cpu.sort()
+    p99 = min(len(times) - 1, int(len(times) * 0.99))
+    return statistics.median(times), times[p99], cpu[p99]
 
 
 def fmt(x: float) -> str:
@@ -157,43 +172,73 @@ def fmt(x: float) -> str:
     return "n/a" if x != x else f"{x:.3f}"
 
 
-def calibrate(train: Rows, settings: MatchSettings, seeds: int) -> None:
-    """Print threshold choices measured on train splits only (K=10, 15 intents out)."""
+Feat = tuple[float, float, bool, bool]  # best score, second score, right article, OOS
+
+
+def _calibration_features(
+    train: Rows, settings: MatchSettings, seeds: int, remove_held: bool
+) -> list[Feat]:
+    """Scores of held-out training questions (K=10), with or without 15 intents removed."""
     intents = sorted(by_intent(train))
-    for weight in (0.4, 0.5, 0.6, 0.7):
+    feats: list[Feat] = []
+    for seed in range(seeds):
+        kb_rows, rest = sample(train, 10, seed)
+        held = held_out_intents(intents, seed) if remove_held else set()
+        kb, _ = build(make_articles({k: v for k, v in kb_rows.items() if k not in held}),
+                      settings)
+        dev = random.Random(7 + seed).sample(rest, 1500)
+        for o in run_queries(kb, dev):
+            s1 = o.scores[0] if o.scores else 0.0
+            s2 = o.scores[1] if len(o.scores) > 1 else 0.0
+            feats.append((s1, s2, bool(o.ids) and o.ids[0] == o.gold, o.gold in held))
+    return feats
+
+
+def _answers(feats: Sequence[Feat], a: float, m: float) -> tuple[float, float]:
+    """Precision (an OOS question answered counts as wrong) and rate of "answer"."""
+    picked = [f for f in feats if f[0] >= a and f[0] - f[1] >= m]
+    prec = sum(f[2] and not f[3] for f in picked) / len(picked) if picked else float("nan")
+    return prec, len(picked) / len(feats)
+
+
+def calibrate(train: Rows, settings: MatchSettings, seeds: int) -> None:
+    """Print threshold choices measured on train splits only (K=10), never on test."""
+    for weight in (0.5, 0.6, 0.7):
         st = replace(settings, model_weight=weight)
-        feats: list[tuple[float, float, bool, bool]] = []  # s1, s2, correct, oos
-        for seed in range(seeds):
-            kb_rows, rest = sample(train, 10, seed)
-            held = held_out_intents(intents, seed)
-            kb, _ = build(make_articles({k: v for k, v in kb_rows.items() if k not in held}), st)
-            dev = random.Random(7 + seed).sample(rest, 1500)
-            for o in run_queries(kb, dev):
-                s1 = o.scores[0] if o.scores else 0.0
-                s2 = o.scores[1] if len(o.scores) > 1 else 0.0
-                feats.append((s1, s2, bool(o.ids) and o.ids[0] == o.gold, o.gold in held))
+        full = _calibration_features(train, st, seeds, remove_held=False)
+        feats = _calibration_features(train, st, seeds, remove_held=True)
         ins = [f for f in feats if not f[3]]
         oos = [f for f in feats if f[3]]
-        print(f"model_weight={weight}: in-scope top-1 {sum(f[2] for f in ins) / len(ins):.3f}")
-        # The suggest threshold: the lowest that sends >= 80% of OOS questions to "none".
-        for target in (0.6, 0.7, 0.8):
-            oos_s1 = sorted(f[0] for f in oos)
+        print(f"model_weight={weight}: top-1 {sum(f[2] for f in full) / len(full):.3f}; "
+              f"with 15 intents out, in-scope top-1 {sum(f[2] for f in ins) / len(ins):.3f}")
+        # The suggest threshold: the lowest that sends a share of OOS questions to "none".
+        oos_s1 = sorted(f[0] for f in oos)
+        for target in (0.7, 0.8, 0.85):
             thr = oos_s1[int(len(oos_s1) * target)]
             kept = sum(f[2] and f[0] >= thr for f in ins) / len(ins)
             print(f"  suggest>={thr:.3f}: OOS recall {target:.2f}, in-scope acc {kept:.3f}")
-        best: tuple[float, float, float, float] | None = None
-        for a in [x / 100 for x in range(20, 90, 2)]:
-            for m in [x / 100 for x in range(0, 40, 2)]:
-                picked = [f for f in feats if f[0] >= a and f[0] - f[1] >= m]
-                if len(picked) < 50:
-                    continue
-                prec = sum(f[2] and not f[3] for f in picked) / len(picked)
-                rate = len(picked) / len(feats)
-                if prec >= 0.97 and (best is None or rate > best[3]):
-                    best = (a, m, prec, rate)
-        if best:
-            print(f"  answer>={best[0]:.2f} margin>={best[1]:.2f}: precision {best[2]:.3f}, "
-                  f"answer rate {best[3]:.3f}")
+        # answer/margin: the highest answer rate at >= 97% precision with every intent in
+        # the KB, and at >= 95% with 15 intents out (where an answered OOS is wrong).
+        for name, data, floor in (("all in", full, 0.97), ("15 out", feats, 0.95)):
+            best: tuple[float, float, float, float] | None = None
+            for a in [x / 100 for x in range(30, 95, 2)]:
+                for m in [x / 100 for x in range(0, 60, 2)]:
+                    prec, rate = _answers(data, a, m)
+                    if prec >= floor and (best is None or rate > best[3]):
+                        best = (a, m, prec, rate)
+            if best:
+                print(f"  {name}: answer>={best[0]:.2f} margin>={best[1]:.2f}: precision "
+                      f"{best[2]:.3f}, answer rate {best[3]:.3f}")
+        if weight == settings.model_weight:
+            a, m, sug = settings.answer_threshold, settings.answer_margin, \
+                settings.suggest_threshold
+            p_in, r_in = _answers(full, a, m)
+            p_out, r_out = _answers(feats, a, m)
+            recall = sum(f[0] < sug for f in oos) / len(oos)
+            kept = sum(f[2] and f[0] >= sug for f in ins) / len(ins)
+            print(f"  defaults (answer>={a} margin>={m} suggest>={sug}): answer precision "
+                  f"{p_in:.3f} at rate {r_in:.3f} (all in), {p_out:.3f} at {r_out:.3f} "
+                  f"(15 out); OOS recall {recall:.3f}, in-scope acc {kept:.3f}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -243,21 +288,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{fmt(statistics.fmean(r[k] for r in oos_runs)):>{w}}"
         for k, w in (("oos_recall", 10), ("in_top1", 8), ("in_acc", 7))
     ))
-    print("\nScale (all phrasings; 100k = each phrasing repeated 10 times)")
-    print(f"{'phrasings':>9} {'build_s':>7} {'peak_MB':>7} {'p50_ms':>7} {'p99_ms':>7}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nScale (all phrasings; 100k = each phrasing repeated 10 times); "
+          f"load average {load:.1f} on {os.cpu_count()} cores")
+    print(f"{'phrasings':>9} {'build_s':>7} {'cpu_s':>5} {'peak_MB':>7} {'p50_ms':>6} "
+          f"{'p99_ms':>11} {'p99_paced':>11} {'cpu_p99':>7}")
     kb_rows, _ = sample(train, None, 0)
     questions = [t for t, _ in test][: 300 if args.quick else 2000]
     for repeat in (1, 10):
         articles = make_articles(kb_rows, repeat)
         n = sum(len(a.questions) for a in articles)
+        cpu0 = time.process_time()
         kb, secs = build(articles, settings)  # timed without tracemalloc's overhead
+        cpu_secs = time.process_time() - cpu0
         tracemalloc.start()
         build(articles, settings)
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         latency(kb, questions[:50])  # warm-up
-        p50, p99 = latency(kb, questions)
-        print(f"{n:>9} {secs:>7.2f} {peak:>7.0f} {p50:>7.2f} {p99:>7.2f}")
+        # Two passes each: on a shared machine one pass's tail can be another job's burst.
+        tight = [latency(kb, questions) for _ in range(2)]
+        paced = [latency(kb, questions, pause=0.002) for _ in range(2)]
+        print(f"{n:>9} {secs:>7.2f} {cpu_secs:>5.2f} {peak:>7.0f} {tight[0][0]:>6.2f} "
+              f"{tight[0][1]:>5.2f}/{tight[1][1]:<5.2f} {paced[0][1]:>5.2f}/{paced[1][1]:<5.2f} "
+              f"{max(r[2] for r in tight + paced):>7.2f}")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 Three signals, all built from the articles' own phrasings at index build (no model
 download):
 
-1. **A linear classifier** (multinomial logistic regression) over TF-IDF of stemmed word
-   uni+bigrams and character 2–5-grams of the stems.  Trained from the phrasings (and
-   titles) at build time; it learns which words tell two close articles apart, which a
-   nearest-phrasing search cannot.  This carries most of the top-1 accuracy.
-2. **Term statistics**: an inverted index over word features picks candidate phrasings
-   (the cheap prefilter), scored by TF-IDF cosine over all features.
+1. **A linear classifier** (multinomial logistic regression) over TF-IDF of stemmed
+   content-word uni+bigrams, character 2–5-grams of the stems, and uni+bigrams with the
+   stop words kept.  Trained from the phrasings (and titles) at build time; it learns
+   which words tell two close articles apart, which a nearest-phrasing search cannot.
+   This carries most of the top-1 accuracy.
+2. **Term statistics**: an inverted index over content-word features picks candidate
+   phrasings (the cheap prefilter, rarest words first, on a fixed postings budget), scored
+   by TF-IDF cosine over the word features.
 3. **rapidfuzz** re-ranks those candidates on the normalised text: typos, word order and
    short texts.
 
@@ -18,24 +20,26 @@ probability is relative (which of the articles), so together they separate "clea
 one" from "none of these".  Decision: **answer** when the best score and its margin over
 the second clear their thresholds, **suggest** up to three when the best clears the
 suggest threshold, else **none**.
+
+Cost: a query is a few dozen numpy calls over the query's own features and postings (no
+Python loop over phrasings), so its time barely grows with the KB; the build is sparse
+products and one small L-BFGS.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
-from itertools import pairwise
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 from scipy import sparse  # type: ignore[import-untyped]
 
 from kb.articles import Article
-from kb.normalize import fix_layout, script_lang, tokens
+from kb.normalize import analyse, fix_layout, script_lang
 
 Decision = Literal["answer", "suggest", "none"]
 FloatArray = npt.NDArray[np.floating[Any]]
@@ -50,18 +54,23 @@ class MatchSettings:
     (``benchmarks/kb_banking77.py --calibrate``); scores are in 0..1.
     """
 
-    answer_threshold: float = 0.66  # best score needed to answer with one article
-    suggest_threshold: float = 0.48  # best score needed to offer suggestions at all
-    answer_margin: float = 0.36  # best minus second needed to answer
+    answer_threshold: float = 0.50  # best score needed to answer with one article
+    suggest_threshold: float = 0.46  # best score needed to offer suggestions at all
+    answer_margin: float = 0.44  # best minus second needed to answer
     max_results: int = 3
-    model_weight: float = 0.4  # share of the classifier probability in the score
+    model_weight: float = 0.6  # share of the classifier probability in the score
     regularization: float = 20.0  # inverse L2 strength of the classifier
     max_iterations: int = 15  # L-BFGS iterations at index build
     # The classifier learns from at most this many phrasings per article (spread evenly
     # over its list); the similarity signal always uses all of them.  Keeps the build
     # time flat for large KBs at a small cost in accuracy.
     max_train_per_article: int = 40
-    candidates: int = 64  # phrasings re-ranked with rapidfuzz per query
+    # A word pair or character gram gets a classifier weight only if this many training
+    # phrasings have it (single words always do): one-off pairs and grams memorise a
+    # phrasing, cost build time and add nothing.
+    min_feature_rows: int = 2
+    candidates: int = 24  # best prefilter phrasings re-ranked with rapidfuzz per query
+    prefilter_postings: int = 4000  # postings the prefilter reads per query (rarest first)
     feedback_weight: float = 0.2  # how far feedback can move a score (at saturation)
     feedback_similarity: float = 80.0  # rapidfuzz score for "the same question"
 
@@ -97,100 +106,226 @@ def char_ngrams(stem: str) -> list[str]:
     return [padded[i : i + k] for k in (2, 3, 4, 5) for i in range(n - k + 1)]
 
 
-_NGRAM_CACHE: dict[str, list[str]] = {}
+Analysed = tuple[list[str], list[bool]]  # stems, and whether each is a content word
 
 
-def _features(toks: Sequence[str]) -> tuple[Counter[str], Counter[str]]:
-    """Word-level (unigram + bigram) and character-level feature counts."""
-    word: Counter[str] = Counter(toks)
-    word.update(f"{a} {b}" for a, b in pairwise(toks))
-    chars: Counter[str] = Counter()
-    for tok in toks:
-        grams = _NGRAM_CACHE.get(tok)
-        if grams is None:
-            grams = char_ngrams(tok)
-            if len(_NGRAM_CACHE) < 500_000:
-                _NGRAM_CACHE[tok] = grams
-        chars.update(grams)
-    return word, chars
+def _counts(rows: IntArray, cols: IntArray, n_rows: int, n_cols: int) -> sparse.csr_matrix:
+    """A CSR count matrix from (row, col) pairs, duplicates summed."""
+    data = np.ones(len(rows), dtype=np.float32)
+    m = sparse.csr_matrix((data, (rows, cols)), shape=(n_rows, n_cols), dtype=np.float32)
+    m.sum_duplicates()
+    return m
 
 
-@dataclass
+def _pairs(tok: IntArray, doc: IntArray, n_tok: int) -> tuple[IntArray, IntArray]:
+    """Bigram keys (``a * n_tok + b``) of consecutive tokens of the same document."""
+    same = doc[:-1] == doc[1:]
+    return tok[:-1][same] * n_tok + tok[1:][same], doc[:-1][same]
+
+
 class _Vectorizer:
-    """TF-IDF (sublinear tf, smoothed idf) with a word block and a character block."""
+    """TF-IDF (sublinear tf, smoothed idf) in three blocks, each L2-normalised:
 
-    vocab: dict[str, int] = field(default_factory=dict)  # "w<feature>" / "c<feature>"
-    idf: FloatArray = field(default_factory=lambda: np.zeros(0))
-    is_word: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    * ``w``: content stems, unigrams and bigrams;
+    * ``c``: character 2–5-grams of the content stems (typos, word forms);
+    * ``s``: all stems with the stop words kept, unigrams and bigrams ("how do I" and
+      "why did my" tell close intents apart).
 
-    def fit(self, docs: Sequence[Sequence[str]]) -> sparse.csr_matrix:
-        """Learn the vocabulary and idf; return the L2-normalised document matrix."""
-        vocab: dict[str, int] = {}
-        rows: list[int] = []
-        cols: list[int] = []
-        counts: list[int] = []
-        for r, doc in enumerate(docs):
-            word, chars = _features(doc)
-            for prefix, counter in (("w", word), ("c", chars)):
-                ids = [vocab.setdefault(prefix + key, len(vocab)) for key in counter]
-                cols.extend(ids)
-                counts.extend(counter.values())
-                rows.extend([r] * len(ids))
-        self.vocab = vocab
-        n, f = len(docs), len(vocab)
-        col = np.array(cols, dtype=np.int64)
-        df = np.bincount(col, minlength=f)
-        self.idf = np.log((1 + n) / (1 + df)) + 1.0
-        self.is_word = np.array([k[0] == "w" for k in vocab], dtype=bool)
-        vals = (1.0 + np.log(np.array(counts, dtype=np.float64))) * self.idf[col]
-        row = np.array(rows, dtype=np.int64)
-        # Each block is normalised on its own, then the concatenation (as in transform).
-        block = self.is_word[col]
-        sq = np.zeros((n, 2))
-        np.add.at(sq, (row, block.astype(np.int64)), vals * vals)
-        norms = np.sqrt(sq)
-        vals = vals / np.where(norms[row, block.astype(np.int64)] > 0,
-                               norms[row, block.astype(np.int64)], 1.0)
-        total = np.zeros(n)
-        np.add.at(total, row, vals * vals)
-        vals = vals / np.sqrt(np.where(total > 0, total, 1.0))[row]
-        return sparse.csr_matrix((vals, (row, col)), shape=(n, f))
+    Fitting is vectorised: documents become token-id arrays once, the blocks are sparse
+    products and index arithmetic over them, not per-feature Python loops.
+    """
 
-    def transform(self, toks: Sequence[str]) -> tuple[IntArray, FloatArray]:
-        return self._vector(*_features(toks))
+    def __init__(self, docs: Sequence[Analysed], multiplicity: IntArray) -> None:
+        tok_id: dict[str, int] = {}
+        flat_tok: list[int] = []
+        flat_doc: list[int] = []
+        flat_content: list[bool] = []
+        for r, (stems, content) in enumerate(docs):
+            flat_tok.extend(tok_id.setdefault(t, len(tok_id)) for t in stems)
+            flat_doc.extend([r] * len(stems))
+            flat_content.extend(content)
+        self.tok_id = tok_id
+        n_tok = self.n_tok = len(tok_id)
+        n_docs = len(docs)
+        tok = np.array(flat_tok, dtype=np.int64)
+        doc = np.array(flat_doc, dtype=np.int64)
+        is_content = np.array(flat_content, dtype=bool)
+        ct, cd = tok[is_content], doc[is_content]
+        # Character grams of every known token: one row per token.
+        gram_id: dict[str, int] = {}
+        g_rows: list[int] = []
+        g_cols: list[int] = []
+        for t, i in tok_id.items():
+            grams = [gram_id.setdefault(g, len(gram_id)) for g in char_ngrams(t)]
+            g_cols.extend(grams)
+            g_rows.extend([i] * len(grams))
+        self.gram_id = gram_id
+        self.grams = _counts(np.array(g_rows, dtype=np.int64), np.array(g_cols, dtype=np.int64),
+                             n_tok, len(gram_id))
+        content_counts = _counts(cd, ct, n_docs, n_tok)
+        w_keys, w_docs = _pairs(ct, cd, n_tok)
+        s_keys, s_docs = _pairs(tok, doc, n_tok)
+        self.w_bigrams = np.unique(w_keys)
+        self.s_bigrams = np.unique(s_keys)
+        blocks = [
+            sparse.hstack([
+                content_counts,
+                _counts(w_docs, np.searchsorted(self.w_bigrams, w_keys), n_docs,
+                        len(self.w_bigrams)),
+            ], format="csr"),
+            (content_counts @ self.grams).tocsr(),
+            sparse.hstack([
+                _counts(doc, tok, n_docs, n_tok),
+                _counts(s_docs, np.searchsorted(self.s_bigrams, s_keys), n_docs,
+                        len(self.s_bigrams)),
+            ], format="csr"),
+        ]
+        n_total = float(multiplicity.sum())
+        self.idf: list[FloatArray] = []
+        self.offsets = [0]
+        weighted = []
+        for block in blocks:
+            df = np.bincount(block.indices, weights=multiplicity[_row_of(block)],
+                             minlength=block.shape[1])
+            idf = (np.log((1 + n_total) / (1 + df)) + 1.0).astype(np.float32)
+            self.idf.append(idf)
+            self.offsets.append(self.offsets[-1] + block.shape[1])
+            block = block.copy()
+            block.data = (1.0 + np.log(block.data)) * idf[block.indices]
+            weighted.append(_normalize_rows(block))
+        self.n_features = self.offsets[-1]
+        x = sparse.hstack(weighted, format="csr", dtype=np.float32)
+        self.matrix: sparse.csr_matrix = _normalize_rows(x)
+        self.idf_all = np.concatenate(self.idf)
+        self.block_of = np.repeat(np.arange(3, dtype=np.int64), np.diff(self.offsets))
+        # Query-side lookups: plain dicts, cheaper than numpy calls on a dozen tokens.
+        self.w_bigram = {int(k): n_tok + j for j, k in enumerate(self.w_bigrams.tolist())}
+        self.s_bigram = {
+            int(k): self.offsets[2] + n_tok + j for j, k in enumerate(self.s_bigrams.tolist())
+        }
+        self._gram_cols: dict[str, list[int]] = {}
 
-    def _block(self, prefix: str, counts: Counter[str]) -> tuple[list[int], FloatArray]:
-        ids: list[int] = []
-        tfs: list[float] = []
-        for key, count in counts.items():
-            i = self.vocab.get(prefix + key)
-            if i is not None:
-                ids.append(i)
-                tfs.append(1.0 + math.log(count))
-        vals = np.array(tfs) * self.idf[ids] if ids else np.zeros(0)
-        norm = float(np.sqrt(vals @ vals))
-        return ids, vals / norm if norm else vals
+    @property
+    def word_features(self) -> int:
+        """Columns ``0 .. word_features`` are the ``w`` block (the prefilter's index)."""
+        return self.offsets[1]
 
-    def _vector(self, word: Counter[str], chars: Counter[str]) -> tuple[IntArray, FloatArray]:
-        wi, wv = self._block("w", word)
-        ci, cv = self._block("c", chars)
-        vals = np.concatenate([wv, cv])
-        norm = float(np.sqrt(vals @ vals))
-        return np.array(wi + ci, dtype=np.int64), vals / norm if norm else vals
+    def unigrams(self) -> npt.NDArray[np.bool_]:
+        """A mask of the single-word features (of the ``w`` and ``s`` blocks)."""
+        mask = np.zeros(self.n_features, dtype=bool)
+        mask[: self.n_tok] = True
+        mask[self.offsets[2] : self.offsets[2] + self.n_tok] = True
+        return mask
+
+    def _token_grams(self, t: str, i: int) -> list[int]:
+        """Columns of the character grams of one stem (known or not), cached."""
+        cols = self._gram_cols.get(t)
+        if cols is None:
+            base = self.offsets[1]
+            if i >= 0:
+                g = self.grams
+                start, end = g.indptr[i], g.indptr[i + 1]
+                reps = g.data[start:end].astype(np.int64)
+                cols = (np.repeat(g.indices[start:end], reps) + base).tolist()
+            else:
+                ids = (self.gram_id.get(x) for x in char_ngrams(t))
+                cols = [base + x for x in ids if x is not None]
+            if len(self._gram_cols) < _TOKEN_CACHE_SIZE:
+                self._gram_cols[t] = cols
+        return cols
+
+    def transform(self, analysed: Analysed) -> tuple[IntArray, FloatArray]:
+        """Feature ids and L2-normalised tf-idf values of one text."""
+        stems, content = analysed
+        n_tok, s_base = self.n_tok, self.offsets[2]
+        ids = [self.tok_id.get(t, -1) for t in stems]
+        feats: list[int] = []
+        prev_c = prev_s = -1
+        for t, i, c in zip(stems, ids, content, strict=True):
+            if c:
+                feats.extend(self._token_grams(t, i))
+            if i < 0:
+                prev_s = -1
+                if c:
+                    prev_c = -1
+                continue
+            feats.append(s_base + i)
+            if prev_s >= 0 and (col := self.s_bigram.get(prev_s * n_tok + i)) is not None:
+                feats.append(col)
+            prev_s = i
+            if c:
+                feats.append(i)
+                if prev_c >= 0 and (col := self.w_bigram.get(prev_c * n_tok + i)) is not None:
+                    feats.append(col)
+                prev_c = i
+        if not feats:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        counted = Counter(feats)  # cheaper than np.unique for a few hundred ids
+        idx = np.fromiter(counted.keys(), dtype=np.int64, count=len(counted))
+        counts = np.fromiter(counted.values(), dtype=np.float64, count=len(counted))
+        vals = (1.0 + np.log(counts)) * self.idf_all[idx]
+        # Each block to unit length, then the whole vector (as the fitted rows).
+        block = self.block_of[idx]
+        norms = np.sqrt(np.bincount(block, weights=vals * vals, minlength=3))
+        vals = vals / norms[block]
+        return idx, (vals / np.sqrt(float(vals @ vals))).astype(np.float32)
+
+
+_TOKEN_CACHE_SIZE = 200_000
+
+
+def _gather(m: sparse.csr_matrix, rows: IntArray) -> tuple[IntArray, IntArray, FloatArray]:
+    """The stored values of some rows of a CSR matrix: (position in ``rows``, column, value).
+
+    Plain index arithmetic: scipy's row fancy-indexing validates and builds a new matrix,
+    which costs more than the arithmetic itself for the few rows of one query.
+    """
+    starts = m.indptr[rows]
+    lens = m.indptr[rows + 1] - starts
+    pos = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+    return np.repeat(np.arange(len(rows)), lens), m.indices[pos], m.data[pos]
+
+
+def _drop_block(m: sparse.csr_matrix, v: _Vectorizer, block: int) -> sparse.csr_matrix:
+    """``m`` with the values of one feature block removed (column ids unchanged)."""
+    out = m.copy()
+    out.data[v.block_of[out.indices] == block] = 0
+    out.eliminate_zeros()
+    return out
+
+
+def _row_of(m: sparse.csr_matrix) -> IntArray:
+    """The row index of every stored value of a CSR matrix."""
+    return np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+
+
+def _normalize_rows(m: sparse.csr_matrix) -> sparse.csr_matrix:
+    sq = np.asarray(m.multiply(m).sum(axis=1)).ravel()
+    inv = np.where(sq > 0, 1.0 / np.sqrt(np.where(sq > 0, sq, 1.0)), 0.0)
+    out = m.copy()
+    out.data = (out.data * inv[_row_of(m)]).astype(np.float32)
+    return out
 
 
 def _train_softmax(
-    x: sparse.csr_matrix, y: IntArray, n_classes: int, c: float, max_iter: int
-) -> tuple[FloatArray, FloatArray]:
+    x: sparse.csr_matrix, y: IntArray, n_classes: int, c: float, max_iter: int,
+    min_rows: int = 1, always: npt.NDArray[np.bool_] | None = None,
+) -> tuple[IntArray, FloatArray, FloatArray]:
     """Multinomial logistic regression, L2-regularised, fitted with a small L-BFGS.
 
     Few iterations on purpose: early stopping regularises as well as more iterations
     with a tuned penalty, and keeps the index build well under a second per thousand
     phrasings.  float32 halves the memory traffic of the two sparse products per step.
     """
-    n, f_all = x.shape
-    # Only features the training rows use can get a non-zero weight.
-    used = np.unique(x.indices)
+    n = x.shape[0]
+    # Only features the training rows use can get a non-zero weight; features seen in
+    # fewer than ``min_rows`` rows memorise one phrasing and are left out, except those
+    # marked ``always`` (single words: a key term may well be in one phrasing only).
+    df = np.bincount(x.indices, minlength=x.shape[1])
+    keep = df >= min_rows
+    if always is not None:
+        keep |= always & (df > 0)
+    used = np.flatnonzero(keep)
     x = x[:, used].astype(np.float32)
     f = len(used)
     xt = x.T.tocsr()
@@ -237,7 +372,10 @@ def _train_softmax(
             new_value, new_grad = loss(new_theta)
             if new_value <= value + 1e-4 * step * slope:
                 break
-            step *= 0.5
+            # The minimum of the quadratic through the two values and the slope: far
+            # fewer evaluations than halving when the first step overshoots a lot.
+            curv = new_value - value - slope * step
+            step *= min(0.5, max(0.1, -slope * step / (2 * curv))) if curv > 0 else 0.5
         else:
             break
         s_new, y_new = new_theta - theta, new_grad - grad
@@ -247,9 +385,7 @@ def _train_softmax(
             if len(hist) > 5:
                 hist.pop(0)
         theta, value, grad = new_theta, new_value, new_grad
-    w_all = np.zeros((f_all, n_classes), dtype=np.float32)
-    w_all[used] = theta[:size].reshape(f, n_classes)
-    return w_all, theta[size:]
+    return used, theta[:size].reshape(f, n_classes), theta[size:]
 
 
 class Matcher:
@@ -260,42 +396,69 @@ class Matcher:
         self.articles: list[Article] = list(articles)
         self.index_of = {a.id: i for i, a in enumerate(self.articles)}
         self.langs = np.array([a.lang for a in self.articles])
-        docs: list[list[str]] = []
+        # Identical phrasings are analysed once (a title repeating a question, the same
+        # wording in two articles); every phrasing keeps its own row in the index.
+        unique: dict[str, int] = {}
+        analysed: list[Analysed] = []
+        row_of: list[int] = []
         owner: list[int] = []
-        texts: list[str] = []
         for i, art in enumerate(self.articles):
             # The title is one more phrasing: admins write it as the question's gist.
             for phrase in (*art.questions, art.title):
-                toks = tokens(phrase)
-                if toks:
-                    docs.append(toks)
+                u = unique.get(phrase)
+                if u is None:
+                    a = analyse(phrase)
+                    u = unique[phrase] = len(analysed) if any(a[1]) else -1
+                    if u >= 0:
+                        analysed.append(a)
+                if u >= 0:
+                    row_of.append(u)
                     owner.append(i)
-                    texts.append(" ".join(toks))
-        self.vocabulary: set[str] = {t for d in docs for t in d}
-        self.texts = texts
+        rows = np.array(row_of, dtype=np.int64)
         self.owner = np.array(owner, dtype=np.int64)
-        self.vectorizer = _Vectorizer()
-        self.x = self.vectorizer.fit(docs)
-        n_feat = len(self.vectorizer.vocab)
-        self.xt = self.x.T.tocsr()  # the inverted index: feature -> phrasings
         n_classes = len(self.articles)
-        if n_classes >= 2 and self.x.shape[0]:
-            rows = self._training_rows()
-            self.w, self.b = _train_softmax(
-                self.x[rows], self.owner[rows], n_classes, self.settings.regularization,
-                self.settings.max_iterations,
-            )
-        else:
-            self.w, self.b = np.zeros((n_feat, n_classes)), np.zeros(n_classes)
-        self.by_article: list[IntArray] = [
-            np.flatnonzero(self.owner == i) for i in range(n_classes)
+        self.vectorizer = _Vectorizer(analysed, np.bincount(rows, minlength=len(analysed)))
+        self.vocabulary: set[str] = set(self.vectorizer.tok_id)
+        # rapidfuzz's token_sort_ratio is ratio() of the sorted tokens: sort them once here.
+        unique_texts = [
+            " ".join(sorted(s for s, c in zip(*a, strict=True) if c)) for a in analysed
         ]
+        self.texts = [unique_texts[r] for r in rows]
+        full = self.vectorizer.matrix
+        del self.vectorizer.matrix
+        # The similarity index keeps the word blocks only (rapidfuzz covers spelling): a
+        # quarter of the values of the full rows, which only the classifier needs.
+        self.x: sparse.csr_matrix = _normalize_rows(_drop_block(full, self.vectorizer, 1))[rows]
+        # The inverted index of the prefilter: content-word feature -> phrasings.
+        self.xt = self.x[:, : self.vectorizer.word_features].T.tocsr()
+        self.by_article: list[IntArray] = np.split(
+            np.argsort(self.owner, kind="stable"),
+            np.cumsum(np.bincount(self.owner, minlength=n_classes))[:-1],
+        ) if n_classes else []
+        # Classifier weights only for the features its training rows use: ``w_row`` maps
+        # a feature to its row of ``w`` (or to the all-zero last row).
+        self.w = np.zeros((1, n_classes), dtype=np.float32)
+        self.w_row = np.zeros(self.vectorizer.n_features, dtype=np.int32)
+        self.b = np.zeros(n_classes, dtype=np.float32)
+        if n_classes >= 2 and len(rows):
+            train = self._training_rows()
+            used, w, self.b = _train_softmax(
+                full[rows[train]], self.owner[train], n_classes, self.settings.regularization,
+                self.settings.max_iterations, self.settings.min_feature_rows,
+                self.vectorizer.unigrams(),
+            )
+            self.w = np.vstack([w, np.zeros((1, n_classes), dtype=np.float32)])
+            self.w_row[:] = len(used)
+            self.w_row[used] = np.arange(len(used), dtype=np.int32)
+        self._layout_cache: dict[str, str] = {}
+        # Articles a query in each language may match (all of them for an unknown one).
+        self._all_langs = np.ones(n_classes, dtype=bool)
+        self._lang_mask = {lang: self.langs == lang for lang in set(self.langs.tolist())}
 
     def _training_rows(self) -> IntArray:
         cap = self.settings.max_train_per_article
         picked: list[IntArray] = []
-        for i in range(len(self.articles)):
-            own = np.flatnonzero(self.owner == i)
+        for own in self.by_article:
             if len(own) > cap:
                 # Always keep the title (the last phrasing); spread the rest evenly.
                 spread = np.linspace(0, len(own) - 2, cap - 1).astype(np.int64)
@@ -304,62 +467,73 @@ class Matcher:
         return np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
 
     def normalize(self, query: str) -> list[str]:
-        """The query's stems after undoing a wrong keyboard layout."""
-        return tokens(fix_layout(query, self.vocabulary))
+        """The query's content stems after undoing a wrong keyboard layout."""
+        stems, content = analyse(fix_layout(query, self.vocabulary, self._layout_cache))
+        return [s for s, c in zip(stems, content, strict=True) if c]
 
     def score(self, query: str, lang: str | None = None) -> tuple[list[str], FloatArray]:
         """Normalised tokens and a 0..1 score per article (before feedback)."""
         n = len(self.articles)
-        fixed = fix_layout(query, self.vocabulary)
-        toks = tokens(fixed)
+        fixed = fix_layout(query, self.vocabulary, self._layout_cache)
+        analysed = analyse(fixed)
+        toks = [s for s, c in zip(*analysed, strict=True) if c]
         # Without a language hint the query's own script (after the layout fix) picks it.
         lang = lang or script_lang(fixed)
         if not toks or not n:
             return toks, np.zeros(n)
-        idx, val = self.vectorizer.transform(toks)
+        idx, val = self.vectorizer.transform(analysed)
         if not len(idx):
             return toks, np.zeros(n)
-        allowed = np.ones(n, dtype=bool)
-        if lang is not None and (self.langs == lang).any():
-            allowed = self.langs == lang
-        z = val @ self.w[idx] + self.b
+        allowed = self._lang_mask.get(lang or "", self._all_langs)
+        z = val @ self.w[self.w_row[idx]] + self.b
         z = np.where(allowed, z, -np.inf)
         prob = np.exp(z - z.max())
         prob /= prob.sum()
-        sim = self._similarity(toks, idx, val, prob)
+        sim = self._similarity(" ".join(sorted(toks)), idx, val, prob)
         s = self.settings.model_weight
         return toks, np.where(allowed, s * prob + (1 - s) * sim, 0.0)
 
     def _similarity(
-        self, toks: list[str], idx: IntArray, val: FloatArray, prob: FloatArray
+        self, text: str, idx: IntArray, val: FloatArray, prob: FloatArray
     ) -> FloatArray:
         """Per article: the best of its candidate phrasings (cosine and rapidfuzz)."""
-        n_ph = self.x.shape[0]
         m = self.settings.candidates
-        word = self.vectorizer.is_word[idx]
-        starts = self.xt.indptr[idx[word]]
-        ends = self.xt.indptr[idx[word] + 1]
-        if len(starts):
-            post = np.concatenate([self.xt.indices[s:e] for s, e in zip(starts, ends, strict=True)])
-            wts = np.concatenate(
-                [self.xt.data[s:e] * v for s, e, v in zip(starts, ends, val[word], strict=True)]
-            )
-            pre = np.bincount(post, weights=wts, minlength=n_ph)
-            hits = np.flatnonzero(pre)
+        word = idx < self.vectorizer.word_features
+        feats, weights = idx[word], val[word]
+        # Rarest features first, until the postings budget is spent: a word in every
+        # tenth phrasing adds little to "which phrasings are close" and costs the most.
+        lens = self.xt.indptr[feats + 1] - self.xt.indptr[feats]
+        order = np.argsort(lens, kind="stable")
+        spent = np.cumsum(lens[order])
+        keep = order[: max(1, int(np.searchsorted(spent, self.settings.prefilter_postings,
+                                                  side="right")))]
+        label, post, data = _gather(self.xt, feats[keep])
+        hits = np.zeros(0, dtype=np.int64)
+        if len(post):
+            pre = np.bincount(post, weights=data * weights[keep][label],
+                              minlength=self.x.shape[0])
+            # The best phrasings without sorting all of them: the postings with the
+            # highest totals (a phrasing appears once per matched feature), then the
+            # best ``m`` of those phrasings.
+            total = pre[post]
+            if len(total) > 4 * m:
+                post = post[np.argpartition(-total, 4 * m)[: 4 * m]]
+            hits = np.unique(post)
             if len(hits) > m:
                 hits = hits[np.argpartition(-pre[hits], m)[:m]]
-        else:
-            hits = np.zeros(0, dtype=np.int64)
         # The classifier's favourites are always re-ranked too, so a query whose words
         # are all misspelt still gets a rapidfuzz look at the right phrasings.
         top = np.argpartition(-prob, min(3, len(prob) - 1))[:3]
         extra = [self.by_article[int(a)][: max(8, m // 4)] for a in top]
         cand = np.unique(np.concatenate([hits, *extra]))
-        q = np.zeros(self.x.shape[1])
-        q[idx] = val
-        cos = self.x[cand] @ q
-        text = " ".join(toks)
-        fz = np.array([fuzz.token_sort_ratio(text, self.texts[c]) for c in cand]) / 100.0
+        q = np.zeros(self.x.shape[1], dtype=np.float32)
+        words = self.vectorizer.block_of[idx] != 1
+        q[idx[words]] = val[words]
+        row, col, data = _gather(self.x, cand)
+        norm = float(np.sqrt(val[words] @ val[words])) or 1.0
+        cos = np.bincount(row, weights=data * q[col] / norm, minlength=len(cand))
+        fz = process.cdist([text], [self.texts[c] for c in cand], scorer=fuzz.ratio,
+                           dtype=np.float32)[0] / 100.0
         per_ph = 0.5 * cos + 0.5 * fz
         sim = np.zeros(len(self.articles))
         np.maximum.at(sim, self.owner[cand], per_ph)

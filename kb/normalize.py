@@ -10,7 +10,7 @@ in a Russian query (product names, "wifi") stay untouched.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, MutableMapping
 from functools import lru_cache
 
 import snowballstemmer
@@ -81,39 +81,68 @@ def tokens(text: str, *, keep_stop_words: bool = False) -> list[str]:
     return [stem(w) for w in words(text) if keep_stop_words or w not in STOP_WORDS]
 
 
+def analyse(text: str) -> tuple[list[str], list[bool]]:
+    """Stems of all words of ``text`` and, per stem, whether it is a content word.
+
+    One pass for the matcher, which uses both the content stems and the full sequence
+    (stop words such as "how", "can", "why" help tell close intents apart in bigrams).
+    """
+    stems: list[str] = []
+    content: list[bool] = []
+    for w in words(text):
+        stems.append(stem(w))
+        content.append(w not in STOP_WORDS)
+    return stems, content
+
+
 def _score_chunk(chunk: str, vocabulary: Container[str]) -> int:
     """How many words of ``chunk`` the KB (or the stop-word lists) knows."""
     return sum(1 for w in words(chunk) if w in STOP_WORDS or stem(w) in vocabulary)
 
 
-def fix_layout(text: str, vocabulary: Container[str]) -> str:
+def fix_layout(
+    text: str, vocabulary: Container[str], cache: MutableMapping[str, str] | None = None
+) -> str:
     """Undo wrong-keyboard-layout typing, chunk by chunk (whitespace-separated).
 
     A chunk typed entirely in one script is converted to the other layout when the
     converted words are known (KB stems or stop words) and beat the original ones.
     Punctuation keys matter ("k.,jq" is "любой"), so chunks are converted before
-    punctuation is stripped.
+    punctuation is stripped.  ``cache`` (per vocabulary) remembers each chunk's outcome.
     """
     out: list[str] = []
     for chunk in text.split():
-        low = chunk.lower().replace("ё", "е")
-        if _LATIN.search(low) and not _CYRILLIC.search(low):
-            table = EN_TO_RU
-        elif _CYRILLIC.search(low) and not _LATIN.search(low):
-            table = RU_TO_EN
-        else:
-            out.append(chunk)
-            continue
-        best, best_score = chunk, _score_chunk(chunk, vocabulary)
-        # Trailing sentence punctuation would become letters ("?"→","; "."→"ю"), so the
-        # chunk is also tried with it kept as is.
-        core = chunk.rstrip("?!.,")
-        for conv in (chunk.translate(table), core.translate(table) + chunk[len(core) :]):
-            score = _score_chunk(conv, vocabulary)
-            if score > best_score:
-                best, best_score = conv, score
-        out.append(best)
+        fixed = cache.get(chunk) if cache is not None else None
+        if fixed is None:
+            fixed = _fix_chunk(chunk, vocabulary)
+            if cache is not None and len(cache) < _LAYOUT_CACHE_SIZE:
+                cache[chunk] = fixed
+        out.append(fixed)
     return " ".join(out)
+
+
+_LAYOUT_CACHE_SIZE = 100_000
+
+
+def _fix_chunk(chunk: str, vocabulary: Container[str]) -> str:
+    low = chunk.lower().replace("ё", "е")
+    if _LATIN.search(low) and not _CYRILLIC.search(low):
+        table = EN_TO_RU
+    elif _CYRILLIC.search(low) and not _LATIN.search(low):
+        table = RU_TO_EN
+    else:
+        return chunk
+    best, best_score = chunk, _score_chunk(chunk, vocabulary)
+    if best_score and best_score == len(words(chunk)):
+        return chunk  # every word is known as typed: not a layout mistake
+    # Trailing sentence punctuation would become letters ("?"→","; "."→"ю"), so the
+    # chunk is also tried with it kept as is.
+    core = chunk.rstrip("?!.,")
+    for conv in (chunk.translate(table), core.translate(table) + chunk[len(core) :]):
+        score = _score_chunk(conv, vocabulary)
+        if score > best_score:
+            best, best_score = conv, score
+    return best
 
 
 def script_lang(text: str) -> str | None:

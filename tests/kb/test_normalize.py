@@ -1,4 +1,4 @@
-from kb.normalize import fix_layout, script_lang, stem, tokens
+from kb.normalize import analyse, fix_layout, script_lang, stem, tokens
 
 
 def test_tokens_fold_case_yo_punctuation_emoji_and_stop_words() -> None:
@@ -37,3 +37,28 @@ def test_script_lang() -> None:
     assert script_lang("Привет, VPN") == "ru"
     assert script_lang("hello") == "en"
     assert script_lang("123 !!") is None
+
+
+def test_analyse_marks_content_words() -> None:
+    stems, content = analyse("How do I reset my password?")
+    assert stems == [stem(w) for w in ["how", "do", "i", "reset", "my", "password"]]
+    assert [s for s, c in zip(stems, content, strict=True) if c] == tokens(
+        "How do I reset my password?"
+    )
+
+
+def test_layout_cache_remembers_each_chunk() -> None:
+    vocab = {stem("забыл"), stem("пароль")}
+    cache: dict[str, str] = {}
+    assert fix_layout("pf,sk gfhjkm", vocab, cache) == "забыл пароль"
+    assert cache == {"pf,sk": "забыл", "gfhjkm": "пароль"}
+    # A cached chunk is answered from the cache (here: a planted value proves it).
+    cache["gfhjkm"] = "planted"
+    assert fix_layout("gfhjkm", vocab, cache) == "planted"
+
+
+def test_layout_keeps_a_chunk_whose_words_are_all_known() -> None:
+    # "ghb" converts to "при", which a vocabulary might know too; a known word as typed
+    # is never a layout mistake.
+    vocab = {stem("ghb"), stem("при")}
+    assert fix_layout("ghb", vocab) == "ghb"
