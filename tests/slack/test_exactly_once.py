@@ -1,0 +1,218 @@
+"""Exactly once through crashes, on Slack: a post Slack accepted but the outbox never recorded
+is found by its message metadata and recorded, never posted a second time."""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.outbox import Dispatcher, OutboxItem, SendResult
+from bot.storage.models import MessageLink, Outbox
+from handlers.slack_sender import EVENT_TYPE, SlackSender
+from tests.fakes.slack_api import FakeSlackApi, dm_event
+from tests.slack.conftest import ANN, BOB, L2, Slack, blocks_text
+from tests.slack.test_flow import escalate
+
+# A worker id of this host whose process is gone: its rows are reclaimed on the next pass.
+DEAD = f"{socket.gethostname()}:{2**22 + 4321}"
+
+
+class Killed(BaseException):
+    """The process dies here (no ``except Exception`` in the dispatcher catches it)."""
+
+
+class DiesAfterTheCall:
+    """A sender whose process is SIGKILLed right after Slack accepted its call."""
+
+    channel = "slack"
+
+    def __init__(self, inner: SlackSender, *, before: bool = False) -> None:
+        self.inner = inner
+        self.before = before
+
+    async def send(self, item: OutboxItem) -> SendResult:
+        if not self.before:
+            await self.inner.send(item)
+        raise Killed
+
+
+async def _die_sending(slack: Slack, *, before: bool = False) -> None:
+    """One pass of a dispatcher that dies mid-send (its row stays claimed and in flight)."""
+    dead = Dispatcher(
+        slack.app.db,
+        slack.app.clock,
+        slack.app.desk,
+        {"slack": DiesAfterTheCall(slack.channel.sender, before=before)},
+        worker_id=DEAD,
+    )
+    with pytest.raises(Killed):
+        await dead.run_once()
+
+
+async def _restart(slack: Slack) -> int:
+    """A new process's dispatcher: reclaims the dead worker's rows at once, then drains."""
+    app = slack.app
+    fresh = Dispatcher(app.db, app.clock, app.desk, {"slack": slack.channel.sender})
+    return await fresh.drain()
+
+
+async def _rows(slack: Slack) -> list[Outbox]:
+    async with slack.app.db.transaction() as s:
+        return list((await s.execute(select(Outbox).order_by(Outbox.id))).scalars())
+
+
+def _history_reads(api: FakeSlackApi) -> list[dict[str, Any]]:
+    return [
+        c.params
+        for c in api.calls
+        if c.method in ("conversations.history", "conversations.replies")
+    ]
+
+
+async def test_every_post_names_its_outbox_row_and_step(slack: Slack) -> None:
+    await escalate(slack)
+    posts = slack.api.posts()
+    assert posts
+    for call in posts:
+        meta = call.params["metadata"]
+        assert meta["event_type"] == EVENT_TYPE
+        assert isinstance(meta["event_payload"]["row"], int) and meta["event_payload"]["step"]
+    [card] = [c for c in slack.api.posts(L2) if not c.params.get("thread_ts")]
+    number = card.params["metadata"]["event_payload"]["ticket"]
+    assert number.startswith("FL-") and number in blocks_text(card.params["blocks"])
+
+
+async def test_a_reply_accepted_before_the_crash_is_recorded_not_posted_again(
+    slack: Slack,
+) -> None:
+    await slack.post(slack.requests.event(dm_event(ANN, "hello")), settle=False)
+    await _die_sending(slack)
+    assert len(slack.dm_calls(ANN)) == 1  # Slack has it; the outbox does not know
+    [row] = await _rows(slack)
+    assert row.status == "sending" and row.result == {"inflight": True}
+    # The user wrote again while the bot was down: history has their message on top.
+    slack.api.add_message("D" + ANN, ANN, "are you there?")
+    assert await _restart(slack) == 1
+    assert len(slack.dm_calls(ANN)) == 1, "the reply was posted twice"
+    [row] = await _rows(slack)
+    ts = slack.dm_calls(ANN)[0].response["ts"]
+    assert row.status == "sent" and row.result == {"done": {"post": ts}}
+    [read] = _history_reads(slack.api)
+    assert read["channel"] == "D" + ANN and read["include_all_metadata"] in ("1", "true", True)
+
+
+async def test_a_row_that_never_reached_slack_is_posted_once(slack: Slack) -> None:
+    await slack.dm(ANN, "hello")  # an earlier row, delivered and recorded
+    first = len(slack.dm_calls(ANN))
+    await slack.post(slack.requests.event(dm_event(ANN, "what is a proxy")), settle=False)
+    pending = [r.id for r in await _rows(slack) if r.status == "pending"]
+    assert pending
+    await _die_sending(slack, before=True)
+    assert len(slack.dm_calls(ANN)) == first
+    await _restart(slack)
+    posted = [c.params["metadata"]["event_payload"]["row"] for c in slack.dm_calls(ANN)]
+    assert posted[first:] == pending  # each row once, in order
+    # The look stopped at the older row's post: one page of history, nothing more.
+    assert len(_history_reads(slack.api)) == 1
+
+
+async def test_a_card_accepted_before_the_crash_is_not_duplicated(slack: Slack) -> None:
+    """A duplicated card would split the ticket in two threads; it is found instead."""
+    ticket = await escalate(slack)
+    # The ticket's card row again, as if it had never been recorded (no card link).
+    async with slack.app.db.transaction() as s:
+        for link in (await s.execute(select(MessageLink))).scalars().all():
+            await s.delete(link)
+        s.add(
+            Outbox(
+                channel="slack",
+                target=L2,
+                kind="ticket_card",
+                payload={},
+                ticket_id=ticket.id,
+                status="pending",
+                attempts=0,
+                next_attempt_at=slack.app.clock.now(),
+                created_at=slack.app.clock.now(),
+            )
+        )
+    await _die_sending(slack)
+    cards = [c for c in slack.api.posts(L2) if not c.params.get("thread_ts")]
+    assert len(cards) == 2  # the new card reached Slack; its row is in flight
+    await _restart(slack)
+    assert len([c for c in slack.api.posts(L2) if not c.params.get("thread_ts")]) == 2
+    async with slack.app.db.transaction() as s:
+        link = (
+            await s.execute(select(MessageLink).where(MessageLink.role == "card"))
+        ).scalar_one()
+    assert link.message_key == cards[-1].response["ts"]
+    # Replies under that card reach the user.
+    await slack.reply(BOB, "Found it, try again now")
+    assert "Found it, try again now" in slack.last_dm(ANN)
+
+
+async def test_a_lost_answer_is_looked_up_and_the_first_step_is_not_repeated(
+    slack: Slack,
+) -> None:
+    """A thread post whose card must be posted first: the card lands, the post is stored by
+    Slack but its answer is a 500. The retry keeps the card (saved progress) and finds the
+    post (metadata), so the thread has each once."""
+    ticket = await escalate(slack)
+    async with slack.app.db.transaction() as s:
+        for link in (await s.execute(select(MessageLink))).scalars().all():
+            await s.delete(link)
+    calls_before = len(slack.api.posts(L2))
+    slack.api.fail(
+        "chat.postMessage",
+        status=500,
+        error="internal_error",
+        after=True,
+        match=lambda p: bool(p.get("thread_ts")),
+    )
+    await slack.dm(ANN, "any news?")
+    row = next(r for r in await _rows(slack) if r.kind == "ticket_post")
+    assert row.status == "pending" and row.result is not None
+    assert row.result["doubt"] is True and set(row.result["done"]) == {"card"}
+    slack.app.clock.advance(timedelta(seconds=5))  # type: ignore[attr-defined]
+    await slack.settle()
+    new = slack.api.posts(L2)[calls_before:]
+    cards = [c for c in new if not c.params.get("thread_ts")]
+    assert len(cards) == 1, [blocks_text(c.params["blocks"])[:40] for c in new]
+    card_ts = cards[0].response["ts"]
+    assert f"FL-{ticket.number}" in blocks_text(cards[0].params["blocks"])
+    # What Slack stored under the new card (the 500 hid the post from the bot, not Slack).
+    thread = [m for (c, _), m in slack.api.messages.items() if m.get("thread_ts") == card_ts]
+    assert len(thread) == 1 and "any news?" in blocks_text(thread[0]["blocks"])
+    assert not [c for c in new if c.params.get("thread_ts") and c.response.get("ok")]
+    assert all(r.status == "sent" for r in await _rows(slack))
+    assert [p["ts"] for p in _history_reads(slack.api)] == [card_ts]
+    async with slack.app.db.transaction() as s:
+        relay = (
+            await s.execute(select(MessageLink).where(MessageLink.role == "relay"))
+        ).scalar_one()
+    assert relay.message_key == thread[0]["ts"]
+
+
+async def test_fake_history_shows_metadata_only_when_asked(slack_api: FakeSlackApi) -> None:
+    """The fake behaves like the Web API: metadata needs ``include_all_metadata``; history is
+    newest first without thread replies; replies are the thread oldest first."""
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    client = AsyncWebClient(token="xoxb-t", base_url=slack_api.api_url)
+    meta = {"event_type": "x", "event_payload": {"n": 1}}
+    a = (await client.chat_postMessage(channel="C1", text="a", metadata=meta))["ts"]
+    r = (await client.chat_postMessage(channel="C1", text="r", thread_ts=a))["ts"]
+    b = (await client.chat_postMessage(channel="C1", text="b"))["ts"]
+    plain = await client.conversations_history(channel="C1")
+    assert [m["ts"] for m in plain["messages"]] == [b, a]
+    assert all("metadata" not in m for m in plain["messages"])
+    full = await client.conversations_history(channel="C1", include_all_metadata=True)
+    assert full["messages"][1]["metadata"] == meta
+    thread = await client.conversations_replies(channel="C1", ts=a, include_all_metadata=True)
+    assert [m["ts"] for m in thread["messages"]] == [a, r]
+    page = await client.conversations_history(channel="C1", limit=1, oldest=a)
+    assert [m["ts"] for m in page["messages"]] == [b] and not page["has_more"]
