@@ -61,7 +61,7 @@ from handlers.slack_render import (
     slack_to_plain,
     without_buttons,
 )
-from handlers.slack_sender import CHANNEL, SlackSender
+from handlers.slack_sender import CHANNEL, SlackSender, outbox_mark
 
 log = logging.getLogger(__name__)
 
@@ -549,6 +549,7 @@ class SlackChannel:
         thread = msg.get("thread_ts")
         if not msg.get("user") or not thread or thread == msg.get("ts"):
             return None  # channel chatter, not a reply under a ticket card
+        root_ticket, root_is_bot = await self._thread_root(channel, str(thread), msg)
         return AgentEvent(
             CHANNEL,
             event_id,
@@ -561,7 +562,47 @@ class SlackChannel:
             message_id=str(msg.get("ts") or "") or None,
             # Only members can post in a channel; with a consultants list the desk decides.
             is_member=not self.consultants,
+            root_ticket=root_ticket,
+            root_is_bot=root_is_bot,
         )
+
+    async def _thread_root(
+        self, channel: str, thread: str, msg: dict[str, Any]
+    ) -> tuple[str | None, bool]:
+        """(ticket, posted by us) of the root of a thread the desk does not know.
+
+        Known threads (the usual case) cost one indexed read. Otherwise, unless the event's
+        ``parent_user_id`` says a person started the thread (chatter), the root is read with
+        its metadata: our cards carry their ticket number there (and in the block id of
+        their controls), so a reply under a card the database never recorded still finds
+        its ticket."""
+        if await self.app.desk.knows_thread(CHANNEL, f"{CHANNEL}:{channel}", thread):
+            return None, False
+        me = {self.bot_user_id} - {None}
+        parent = msg.get("parent_user_id")
+        if parent is not None and parent not in me:
+            return None, False
+        try:
+            resp = await self.client.conversations_replies(
+                channel=channel, ts=thread, limit=1, include_all_metadata=True
+            )
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot read the root of thread %s in %s: %s", thread, channel, exc)
+            return None, parent is not None  # parent_user_id said it is ours
+        root = next((m for m in resp.get("messages") or [] if m.get("ts") == thread), None)
+        if root is None:
+            return None, parent is not None
+        mark = outbox_mark(root)
+        ours = mark is not None or (bool(me) and root.get("user") in me)
+        if not ours:
+            return None, False
+        if mark is not None and mark.get("ticket"):
+            return str(mark["ticket"]), True
+        for block in root.get("blocks") or []:
+            block_id = str(block.get("block_id") or "")
+            if block_id.startswith(CARD_BLOCK_PREFIX):
+                return block_id[len(CARD_BLOCK_PREFIX) :], True
+        return None, True
 
     # ------------------------------------------------------------------ interactivity
 

@@ -628,10 +628,13 @@ def dm_event(
     return ev
 
 
-def thread_reply(user: str, channel: str, thread_ts: str, text: str) -> dict[str, Any]:
-    """A ``message.channels`` event: ``user`` replies under ``thread_ts``."""
+def thread_reply(
+    user: str, channel: str, thread_ts: str, text: str, *, parent_user_id: str | None = None
+) -> dict[str, Any]:
+    """A ``message.channels`` event: ``user`` replies under ``thread_ts`` (Slack adds the
+    root's author as ``parent_user_id``)."""
     ts = new_ts()
-    return {
+    ev: dict[str, Any] = {
         "type": "message",
         "channel": channel,
         "channel_type": "channel",
@@ -641,6 +644,9 @@ def thread_reply(user: str, channel: str, thread_ts: str, text: str) -> dict[str
         "event_ts": ts,
         "thread_ts": thread_ts,
     }
+    if parent_user_id is not None:
+        ev["parent_user_id"] = parent_user_id
+    return ev
 
 
 def message_changed(

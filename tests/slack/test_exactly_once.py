@@ -13,7 +13,7 @@ from sqlalchemy import select
 from bot.outbox import Dispatcher, OutboxItem, SendResult
 from bot.storage.models import MessageLink, Outbox
 from handlers.slack_sender import EVENT_TYPE, SlackSender
-from tests.fakes.slack_api import FakeSlackApi, dm_event
+from tests.fakes.slack_api import FakeSlackApi, dm_event, thread_reply
 from tests.slack.conftest import ANN, BOB, L2, Slack, blocks_text
 from tests.slack.test_flow import escalate
 
@@ -216,3 +216,73 @@ async def test_fake_history_shows_metadata_only_when_asked(slack_api: FakeSlackA
     assert [m["ts"] for m in thread["messages"]] == [a, r]
     page = await client.conversations_history(channel="C1", limit=1, oldest=a)
     assert [m["ts"] for m in page["messages"]] == [b] and not page["has_more"]
+
+
+# ---------------------------------------------------------------------- replies under copies
+
+
+async def _bot_post(slack: Slack, **kw: Any) -> str:
+    """A message the bot posted in L2 outside the outbox's records (a copy, a legacy post)."""
+    resp = await slack.channel.client.chat_postMessage(channel=L2, **kw)
+    return str(resp["ts"])
+
+
+async def _reply_under(slack: Slack, ts: str, text: str, parent: str | None = "UBOT") -> None:
+    await slack.post(slack.requests.event(thread_reply(BOB, L2, ts, text, parent_user_id=parent)))
+
+
+async def test_a_reply_under_an_unrecorded_card_copy_reaches_the_user(slack: Slack) -> None:
+    ticket = await escalate(slack)
+    card = slack.card()
+    # A copy of the card Slack accepted but the outbox never recorded (before metadata
+    # lookups existed, or from a restored backup): it names its ticket in its metadata.
+    copy = await _bot_post(
+        slack,
+        text="card",
+        blocks=card["blocks"],
+        metadata={"event_type": EVENT_TYPE, "event_payload": {"row": 999, "step": "card",
+                                                              "ticket": f"FL-{ticket.number}"}},
+    )
+    await _reply_under(slack, copy, "Try logging in again now")
+    assert "Try logging in again now" in slack.last_dm(ANN)
+    async with slack.app.db.transaction() as s:
+        adopted = (
+            await s.execute(select(MessageLink).where(MessageLink.role == "thread"))
+        ).scalar_one()
+    assert adopted.message_key == copy and adopted.ticket_id == ticket.id
+    # The thread is known now: the next reply needs no look at its root.
+    reads = len(_history_reads(slack.api))
+    await _reply_under(slack, copy, "And clear the cache")
+    assert "And clear the cache" in slack.last_dm(ANN)
+    assert len(_history_reads(slack.api)) == reads
+
+
+async def test_a_legacy_card_without_metadata_is_matched_by_its_controls(slack: Slack) -> None:
+    await escalate(slack)
+    card = slack.card()
+    copy = await _bot_post(slack, text="card", blocks=card["blocks"])
+    await _reply_under(slack, copy, "Legacy thread reply", parent=None)
+    assert "Legacy thread reply" in slack.last_dm(ANN)
+
+
+async def test_a_reply_under_a_bot_post_that_is_no_card_is_answered_not_dropped(
+    slack: Slack,
+) -> None:
+    await escalate(slack)
+    before = len(slack.dm_calls(ANN))
+    notice = await _bot_post(slack, text="SLA breached for FL-1001")
+    await _reply_under(slack, notice, "Who takes this one?")
+    assert len(slack.dm_calls(ANN)) == before  # nothing reached the customer
+    [told] = [c for c in slack.api.calls_to("chat.postEphemeral") if c.params["user"] == BOB][-1:]
+    assert "Not delivered" in told.params["text"] and told.params["thread_ts"] == notice
+
+
+async def test_chatter_under_a_persons_message_stays_silent_and_costs_no_lookup(
+    slack: Slack,
+) -> None:
+    await escalate(slack)
+    ephemerals = len(slack.api.calls_to("chat.postEphemeral"))
+    ts = slack.api.add_message(L2, BOB, "lunch?")
+    await _reply_under(slack, ts, "yes", parent=BOB)
+    assert len(slack.api.calls_to("chat.postEphemeral")) == ephemerals
+    assert not _history_reads(slack.api)

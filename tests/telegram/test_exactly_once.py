@@ -125,3 +125,35 @@ async def test_a_failed_last_part_is_the_only_one_sent_again(make_tg: MakeTg) ->
     await tg.app.dispatcher({"telegram": _new_sender(tg)}).drain()
     got = await _pieces(tg, ann)
     assert len(got) == 3 and " ".join(got).count("Step:") == 300
+
+
+async def test_a_reply_to_an_unrecorded_card_copy_reaches_the_user(make_tg: MakeTg) -> None:
+    """A card Telegram showed but the outbox never recorded (the crash window): its signed
+    buttons name the ticket, so the consultant's reply to it is not lost."""
+    from aiogram.types import InlineKeyboardMarkup
+
+    tg = await make_tg()
+    ann, bob = tg.user("Ann", 5001), tg.user("Bob", 9001)
+    await tg.escalate(ann)
+    card = tg.card()
+    copy = await tg.channel.bot.send_message(
+        card.chat_id,
+        card.html or card.text,
+        parse_mode="HTML",
+        reply_markup=InlineKeyboardMarkup.model_validate(card.reply_markup),
+    )
+    tg.fake.send_text(bob, "Please retry now", chat_id=card.chat_id, reply_to=copy.message_id)
+    await tg.step()
+    assert "Please retry now" in tg.last(ann)
+
+
+async def test_a_reply_to_a_bot_message_that_is_no_card_is_answered(make_tg: MakeTg) -> None:
+    tg = await make_tg()
+    ann, bob = tg.user("Ann", 5001), tg.user("Bob", 9001)
+    await tg.escalate(ann)
+    before = len(tg.texts(ann))
+    other = await tg.channel.bot.send_message(tg.card().chat_id, "SLA breached: FL-1001")
+    tg.fake.send_text(bob, "who takes it?", chat_id=other.chat.id, reply_to=other.message_id)
+    await tg.step()
+    assert len(tg.texts(ann)) == before
+    assert "Not delivered" in tg.fake.last(other.chat.id).text
