@@ -10,15 +10,18 @@ Translate in, hand to the app, translate out — nothing else lives here:
 Intake is Socket Mode when ``SLACK_APP_TOKEN`` is set, else HTTP on ``POST /slack/events``
 of the shared aiohttp server (bolt verifies the signing secret: 401 on a bad signature or
 a stale timestamp). Each request is processed inline, inside an ack budget well under
-Slack's 3 seconds, so the unit of work normally commits *before* Slack hears "200"; if it
-runs longer the request is acknowledged and the work finishes in the background. Slack's
-re-deliveries carry the same ``event_id`` and are dropped by the core's processed-events
-table, so a retry is handled once even across restarts and processes.
+Slack's 3 seconds, so the unit of work normally commits *before* Slack hears "200". If it
+runs longer, the raw request is first parked in the inbox (:mod:`bot.inbox`, its own short
+transaction), then acknowledged, and the work finishes in the background; a crash before it
+commits is replayed from the inbox at the next start. Slack's re-deliveries carry the same
+``event_id`` and are dropped by the core's processed-events table, so a retry (or a replay)
+is handled once even across restarts and processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -36,6 +39,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 
+from bot import inbox
 from bot.app import App
 from bot.domain import (
     AgentAction,
@@ -72,6 +76,8 @@ ACK_BUDGET = 2.0  # seconds of inline work before we acknowledge anyway (Slack a
 USER_CACHE_SECONDS = 600.0
 MEMBERS_CACHE_SECONDS = 60.0
 STOP_GRACE = 10.0  # seconds in-flight work may take at shutdown
+PARK_BUDGET = 0.8  # seconds to park a slow request in the inbox before the ack (3 s in all)
+REPLAY_EVERY = 30.0  # seconds between looks for parked requests whose work failed
 # Message subtypes that carry something a person wrote.
 WRITTEN = frozenset({None, "file_share", "thread_broadcast", "me_message"})
 USER_COMMANDS = frozenset({"start", "help", "new", "status", "cancel", "lang", "forget"})
@@ -182,6 +188,8 @@ class SlackChannel:
         self._dms: dict[str, str] = {}
         self._members: dict[str, tuple[float, frozenset[str]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._parked: set[str] = set()  # parked requests whose work still runs here
+        self._replayer: asyncio.Task[None] | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._connecting: asyncio.Task[None] | None = None
         for channel in self.desk_channels:
@@ -213,6 +221,8 @@ class SlackChannel:
             )
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("Slack auth.test failed (%s); bolt retries on the first request", exc)
+        # Requests a previous process acknowledged but did not finish: now, then now and then.
+        self._replayer = asyncio.create_task(self._replay_loop(), name="slack-inbox")
         if self.socket_mode:
             token = self.app.settings.slack.app_token
             assert token is not None
@@ -231,6 +241,10 @@ class SlackChannel:
         """Close the socket, then let in-flight work finish (bounded)."""
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
         if self._socket is not None:
             try:
                 await self._socket.close_async()  # type: ignore[no-untyped-call]
@@ -304,23 +318,100 @@ class SlackChannel:
 
         task.add_done_callback(done)
 
-    async def _bounded(self, coro: Awaitable[T], what: str) -> T | None:
-        """Run ``coro`` inline up to the ack budget; past it, finish in the background."""
+    async def _bounded(
+        self,
+        coro: Awaitable[T],
+        what: str,
+        park: tuple[str, str, dict[str, Any]] | None = None,
+    ) -> T | None:
+        """Run ``coro`` inline up to the ack budget; past it, finish in the background.
+
+        With ``park`` (kind, event id, raw request) a request that overruns the budget is
+        parked in the inbox before the acknowledgement, so Slack never hears "200" for work
+        that is not durable yet; if even parking fails, the ack waits for the work (an event
+        is then delivered again by Slack, and its event id makes that a no-op if it
+        committed meanwhile)."""
         task = asyncio.ensure_future(coro)
         self._track(task)
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.ack_budget)
         except TimeoutError:
-            log.warning(
-                "Slack %s still running after %.1fs: acknowledged early", what, self.ack_budget
-            )
+            pass
+        if park is not None:
+            kind, event_id, body = park
+            try:
+                await asyncio.wait_for(
+                    inbox.park(self.app.db, CHANNEL, event_id, kind, body, self.app.clock.now()),
+                    PARK_BUDGET,
+                )
+            except Exception as exc:  # the database is busy or down: no early ack
+                log.warning("could not park Slack %s (%r): acknowledging it when done", what, exc)
+                self._when_done(task, what, event_id)
+                return await asyncio.shield(task)
+            self._parked.add(event_id)
+            self._when_done(task, what, event_id)
+        else:
+            self._when_done(task, what, None)
+        log.warning(
+            "Slack %s still running after %.1fs: parked and acknowledged", what, self.ack_budget
+        )
+        return None
 
-            def done(f: asyncio.Future[Any]) -> None:
-                if not f.cancelled() and f.exception() is not None:
-                    log.error("Slack %s failed after the ack", what, exc_info=f.exception())
+    def _when_done(self, task: asyncio.Future[Any], what: str, parked: str | None) -> None:
+        """After slow work: unpark its request if it finished, log it if it failed (a failed
+        one stays parked and is replayed later)."""
 
-            task.add_done_callback(done)
-            return None
+        def done(f: asyncio.Future[Any]) -> None:
+            if parked is not None:
+                self._parked.discard(parked)
+            if f.cancelled() or f.exception() is not None:
+                log.error(
+                    "Slack %s failed after the ack", what,
+                    exc_info=None if f.cancelled() else f.exception(),
+                )
+                return
+            if parked is not None:
+                self._spawn(inbox.unpark(self.app.db, CHANNEL, parked), "inbox clean-up")
+
+        task.add_done_callback(done)
+
+    async def _replay_loop(self) -> None:
+        while True:
+            try:
+                await self.replay_parked()
+            except Exception:  # the database may be down; the next round retries
+                log.exception("replaying parked Slack requests failed")
+            await asyncio.sleep(REPLAY_EVERY)
+
+    async def replay_parked(self) -> int:
+        """Run the parked requests whose work is not running here (a previous process was
+        killed after acknowledging them, or the work failed); the number replayed."""
+        done = 0
+        for row in await inbox.parked(self.app.db, CHANNEL):
+            if row.event_id in self._parked:
+                continue
+            try:
+                await self._replay(row.kind, row.event_id, row.body)
+            except Exception:
+                log.exception("replaying parked Slack %s %s failed", row.kind, row.event_id)
+                await inbox.replay_failed(self.app.db, row.id)
+                continue
+            await inbox.unpark(self.app.db, CHANNEL, row.event_id)
+            log.info("replayed parked Slack %s %s", row.kind, row.event_id)
+            done += 1
+        return done
+
+    async def _replay(self, kind: str, event_id: str, body: dict[str, Any]) -> None:
+        if kind == "message":
+            await self._message(body["event"], event_id)
+        elif kind == "button":
+            await self._user_button(body["body"], body["action"])
+        elif kind == "card":
+            await self._card_action(body["body"], body["action"], None)
+        elif kind == "command":
+            await self._command(body["command"], event_id)
+        else:
+            log.warning("parked Slack request %s of unknown kind %r dropped", event_id, kind)
 
     # ------------------------------------------------------------------ identities
 
@@ -440,7 +531,11 @@ class SlackChannel:
             body.get("event_id") or f"{channel}:{event.get('event_ts') or event.get('ts')}"
         )
         if event.get("channel_type") == "im" or channel in self.desk_channels:
-            await self._bounded(self._message(event, event_id), f"message {event_id}")
+            await self._bounded(
+                self._message(event, event_id),
+                f"message {event_id}",
+                ("message", event_id, {"event": event}),
+            )
 
     async def _message(self, event: dict[str, Any], event_id: str) -> None:
         """Translate and handle one message event (inside the ack budget)."""
@@ -609,7 +704,11 @@ class SlackChannel:
     async def _on_user_button(
         self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]
     ) -> None:
-        await self._bounded(self._user_button(body, action), "button")
+        await self._bounded(
+            self._user_button(body, action),
+            "button",
+            ("button", _press_id("btn", body, action), {"body": body, "action": action}),
+        )
         await ack()
 
     async def _user_button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -619,7 +718,7 @@ class SlackChannel:
             return  # a button outside a conversation (App Home): nothing to continue
         ev = UserEvent(
             CHANNEL,
-            f"btn:{user_id}:{action.get('action_ts') or body.get('trigger_id')}",
+            _press_id("btn", body, action),
             await self.user_ref(user_id),
             channel,
             "button",
@@ -663,7 +762,11 @@ class SlackChannel:
         action: dict[str, Any],
         respond: Callable[..., Awaitable[Any]] | None,
     ) -> None:
-        await self._bounded(self._card_action(body, action, respond), "card action")
+        await self._bounded(
+            self._card_action(body, action, respond),
+            "card action",
+            ("card", _press_id("act", body, action), {"body": body, "action": action}),
+        )
         await ack()
 
     async def _card_action(
@@ -692,7 +795,7 @@ class SlackChannel:
         is_member = await self._vouch_clicker(channel, user_id)
         ev = AgentEvent(
             CHANNEL,
-            f"act:{user_id}:{action.get('action_ts') or body.get('trigger_id')}",
+            _press_id("act", body, action),
             await self.user_ref(user_id, str(user.get("name") or "")),
             f"{CHANNEL}:{channel}",
             verb,
@@ -718,10 +821,15 @@ class SlackChannel:
     async def _on_command(
         self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]
     ) -> None:
-        await self._bounded(self._command(command), f"command {command.get('command')}")
+        event_id = f"cmd:{command.get('trigger_id') or time.time_ns()}"
+        await self._bounded(
+            self._command(command, event_id),
+            f"command {command.get('command')}",
+            ("command", event_id, {"command": command}),
+        )
         await ack()
 
-    async def _command(self, command: dict[str, Any]) -> None:
+    async def _command(self, command: dict[str, Any], event_id: str) -> None:
         """``/support [text]``: start, continue, or run a sub-command in the user's DM."""
         user_id = str(command.get("user_id") or "")
         text = (await self.plain(str(command.get("text") or ""))).strip()
@@ -732,7 +840,6 @@ class SlackChannel:
             return
         word, _, rest = text.partition(" ")
         ref = await self.user_ref(user_id, str(command.get("user_name") or ""))
-        event_id = f"cmd:{command.get('trigger_id') or user_id + ':' + str(time.time_ns())}"
         if not text:
             ev = UserEvent(CHANNEL, event_id, ref, chat, "command", command="start")
         elif word.lower().lstrip("/") in USER_COMMANDS:
@@ -788,6 +895,12 @@ class SlackChannel:
             blocks += [{"type": "divider"}, *lines[:45]]
         blocks += [{"type": "context", "elements": [mrkdwn(escape(t("help", lang)))]}]
         return {"type": "home", "blocks": blocks}
+
+
+def _press_id(prefix: str, body: dict[str, Any], action: dict[str, Any]) -> str:
+    """The event id of a button press: the same on every delivery and replay of it."""
+    user_id = str((body.get("user") or {}).get("id") or "")
+    return f"{prefix}:{user_id}:{action.get('action_ts') or body.get('trigger_id')}"
 
 
 _OBJECT_FIELDS = ("view", "message", "container", "state", "event")

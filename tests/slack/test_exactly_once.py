@@ -3,6 +3,7 @@ is found by its message metadata and recorded, never posted a second time."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from datetime import timedelta
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from bot import inbox
 from bot.outbox import Dispatcher, OutboxItem, SendResult
-from bot.storage.models import MessageLink, Outbox
+from bot.storage.models import Conversation, MessageLink, Outbox
+from handlers.slack import SlackChannel
 from handlers.slack_sender import EVENT_TYPE, SlackSender
 from tests.fakes.slack_api import FakeSlackApi, dm_event, thread_reply
 from tests.slack.conftest import ANN, BOB, L2, Slack, blocks_text
@@ -286,3 +289,71 @@ async def test_chatter_under_a_persons_message_stays_silent_and_costs_no_lookup(
     await _reply_under(slack, ts, "yes", parent=BOB)
     assert len(slack.api.calls_to("chat.postEphemeral")) == ephemerals
     assert not _history_reads(slack.api)
+
+
+# ---------------------------------------------------------------------- slow intake
+
+
+async def _conversations(slack: Slack) -> int:
+    async with slack.app.db.transaction() as s:
+        return len((await s.execute(select(Conversation))).scalars().all())
+
+
+async def test_slow_work_is_parked_before_the_ack_and_replayed_after_a_crash(
+    slack: Slack,
+) -> None:
+    slack.channel.ack_budget = 0.05
+    gate = slack.api.hold("users.info")
+    status, _ = await slack.post(
+        slack.requests.event(dm_event(ANN, "hello"), event_id="Ev0SLOW1"), settle=False
+    )
+    assert status == 200  # acknowledged while the work still waits for users.info ...
+    assert [r.event_id for r in await inbox.parked(slack.app.db, "slack")] == ["Ev0SLOW1"]
+    # ... and then the process is killed: the work in flight is gone.
+    for task in list(slack.channel._tasks):
+        task.cancel()
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await _conversations(slack) == 0
+    # The next process replays what was acknowledged but never committed.
+    fresh = SlackChannel(slack.app)
+    assert await fresh.replay_parked() == 1
+    assert await _conversations(slack) == 1
+    await slack.dispatcher.drain()
+    assert slack.dm_calls(ANN)
+    assert await inbox.parked(slack.app.db, "slack") == []
+    # Slack's own late retry of the event is still a no-op.
+    replies = len(slack.dm_calls(ANN))
+    await slack.post(slack.requests.event(dm_event(ANN, "hello"), event_id="Ev0SLOW1", retry_num=1))
+    assert len(slack.dm_calls(ANN)) == replies
+
+
+async def test_slow_work_that_finishes_leaves_nothing_parked(slack: Slack) -> None:
+    slack.channel.ack_budget = 0.05
+    gate = slack.api.hold("users.info")
+    await slack.post(slack.requests.event(dm_event(ANN, "hello")), settle=False)
+    assert len(await inbox.parked(slack.app.db, "slack")) == 1
+    gate.set()
+    await slack.settle()
+    assert await _conversations(slack) == 1
+    assert await inbox.parked(slack.app.db, "slack") == []
+    assert await SlackChannel(slack.app).replay_parked() == 0
+
+
+async def test_without_a_durable_park_the_ack_waits_for_the_work(
+    slack: Slack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def cannot_park(*_a: Any, **_kw: Any) -> None:
+        raise OSError("database is locked")
+
+    monkeypatch.setattr(inbox, "park", cannot_park)
+    slack.channel.ack_budget = 0.05
+    gate = slack.api.hold("users.info")
+    posting = asyncio.ensure_future(
+        slack.post(slack.requests.event(dm_event(ANN, "hello")), settle=False)
+    )
+    await asyncio.sleep(0.3)
+    assert not posting.done()  # no "200" for work that is neither done nor parked
+    gate.set()
+    status, _ = await posting
+    assert status == 200 and await _conversations(slack) == 1
