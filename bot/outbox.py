@@ -81,14 +81,16 @@ class OutboxItem:
         call: Callable[[], Awaitable[T]],
         *,
         find: Callable[[], Awaitable[T | None]] | None = None,
+        idempotent: bool = False,
     ) -> T:
         """Make one platform call of this row at most once per success, across restarts.
 
         A step already made returns its recorded result. Before a new call, the results of
         the calls before it are saved, so a crash re-makes only the call that was running.
         If that call is in doubt, ``find`` (when the platform can tell) looks for what it
-        left; a result found is recorded instead of calling again. ``call`` and ``find``
-        must return JSON values.
+        left; a result found is recorded instead of calling again. An ``idempotent`` call
+        (an edit to a fixed state) is simply made again. ``call`` and ``find`` must return
+        JSON values.
         """
         if key in self.done:
             done: T = self.done[key]
@@ -96,6 +98,8 @@ class OutboxItem:
         if self._unsaved and self.save is not None:
             await self.save(dict(self.done))
             self._unsaved = False
+        if self.in_doubt and idempotent:
+            self.in_doubt = False  # doing it twice shows the same thing
         if self.in_doubt:
             if find is not None:
                 found = await find()

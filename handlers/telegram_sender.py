@@ -312,10 +312,17 @@ class TelegramSender:
         chat = _chat(item.target)
         return self._migrated.get(chat, chat)
 
-    async def _once(self, prog: _Progress, key: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _once(
+        self,
+        prog: _Progress,
+        key: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        idempotent: bool = False,
+    ) -> T:
         """Run ``call`` unless an earlier attempt of the same row already did (saved in the
         database). ``call`` returns message ids: JSON, as the outbox stores them."""
-        return await prog.item.step(key, call)
+        return await prog.item.step(key, call, idempotent=idempotent)
 
     async def _send_html(
         self,
@@ -638,7 +645,7 @@ class TelegramSender:
                     raise
                 return True
 
-            if await self._once(prog, "edited", edit):
+            if await self._once(prog, "edited", edit, idempotent=True):
                 if topic is not None:
                     await self._rename(chat, topic, topic_name(card))
                 return
