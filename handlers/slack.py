@@ -25,7 +25,9 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -96,6 +98,18 @@ DELETED_MARK = {"en": "🗑 (deleted by the user)", "ru": "🗑 (удалено 
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _BARE_MENTION = re.compile(r"<@([UW][A-Z0-9]+)>")
 MENTIONS_RESOLVED = 5  # users.info calls one message may cost
+
+
+# Set while parked requests are replayed: they go first, so they do not wait for the replay.
+_REPLAYING: ContextVar[bool] = ContextVar("slack_replaying", default=False)
+
+
+@dataclass
+class _ChatTurn:
+    """The lock that keeps one chat's requests in arrival order, and how many want it."""
+
+    lock: asyncio.Lock
+    users: int = 0
 
 
 def api_base_url(url: str | None) -> str:
@@ -190,6 +204,9 @@ class SlackChannel:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._parked: set[str] = set()  # parked requests whose work still runs here
         self._replayer: asyncio.Task[None] | None = None
+        # Requests wait for the first replay of what a previous process parked (set then).
+        self._replayed = asyncio.Event()
+        self._turns: dict[str, _ChatTurn] = {}
         self._socket: AsyncSocketModeHandler | None = None
         self._connecting: asyncio.Task[None] | None = None
         for channel in self.desk_channels:
@@ -381,21 +398,48 @@ class SlackChannel:
                 await self.replay_parked()
             except Exception:  # the database may be down; the next round retries
                 log.exception("replaying parked Slack requests failed")
+            finally:
+                self._replayed.set()
             await asyncio.sleep(REPLAY_EVERY)
+
+    @contextlib.asynccontextmanager
+    async def _in_order(self, chat: str) -> AsyncIterator[None]:
+        """One request of a chat at a time, in arrival order, after whatever a previous
+        process parked: a request that overran the ack budget (parked, acknowledged) is
+        never overtaken by the user's next one, in this process or after a restart."""
+        if not _REPLAYING.get():
+            await self._replayed.wait()
+        turn = self._turns.setdefault(chat, _ChatTurn(asyncio.Lock()))
+        turn.users += 1
+        try:
+            async with turn.lock:  # asyncio.Lock wakes its waiters first come, first served
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                self._turns.pop(chat, None)
 
     async def replay_parked(self) -> int:
         """Run the parked requests whose work is not running here (a previous process was
         killed after acknowledging them, or the work failed); the number replayed."""
         done = 0
-        for row in await inbox.parked(self.app.db, CHANNEL):
+        token = _REPLAYING.set(True)
+        try:
+            rows = await inbox.parked(self.app.db, CHANNEL)
+        finally:
+            _REPLAYING.reset(token)
+        for row in rows:
             if row.event_id in self._parked:
                 continue
+            token = _REPLAYING.set(True)
             try:
                 await self._replay(row.kind, row.event_id, row.body)
             except Exception:
                 log.exception("replaying parked Slack %s %s failed", row.kind, row.event_id)
                 await inbox.replay_failed(self.app.db, row.id)
                 continue
+            finally:
+                _REPLAYING.reset(token)
             await inbox.unpark(self.app.db, CHANNEL, row.event_id)
             log.info("replayed parked Slack %s %s", row.kind, row.event_id)
             done += 1
@@ -538,7 +582,12 @@ class SlackChannel:
             )
 
     async def _message(self, event: dict[str, Any], event_id: str) -> None:
-        """Translate and handle one message event (inside the ack budget)."""
+        """Translate and handle one message event (inside the ack budget), in its chat's
+        order."""
+        async with self._in_order(str(event.get("channel") or "")):
+            await self._message_now(event, event_id)
+
+    async def _message_now(self, event: dict[str, Any], event_id: str) -> None:
         if event.get("channel_type") == "im":
             user_ev = await self._user_message(event, event_id)
             if user_ev is not None:
@@ -712,6 +761,10 @@ class SlackChannel:
         await ack()
 
     async def _user_button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+        async with self._in_order(str((body.get("channel") or {}).get("id") or "")):
+            await self._user_button_now(body, action)
+
+    async def _user_button_now(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         user_id = str((body.get("user") or {}).get("id") or "")
         channel = str((body.get("channel") or {}).get("id") or "")
         if not user_id or not channel:
@@ -770,6 +823,15 @@ class SlackChannel:
         await ack()
 
     async def _card_action(
+        self,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        respond: Callable[..., Awaitable[Any]] | None,
+    ) -> None:
+        async with self._in_order(str((body.get("channel") or {}).get("id") or "")):
+            await self._card_action_now(body, action, respond)
+
+    async def _card_action_now(
         self,
         body: dict[str, Any],
         action: dict[str, Any],
@@ -838,6 +900,12 @@ class SlackChannel:
         except (SlackApiError, aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             log.error("cannot open a DM with %s for %s: %s", user_id, command.get("command"), exc)
             return
+        async with self._in_order(chat):
+            await self._command_in(command, event_id, user_id, chat, text)
+
+    async def _command_in(
+        self, command: dict[str, Any], event_id: str, user_id: str, chat: str, text: str
+    ) -> None:
         word, _, rest = text.partition(" ")
         ref = await self.user_ref(user_id, str(command.get("user_name") or ""))
         if not text:

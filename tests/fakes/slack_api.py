@@ -77,6 +77,8 @@ class FakeSlackApi:
         self.responses: list[dict[str, Any]] = []  # posts to response_url
         self.faults: dict[str, list[Fault]] = {}
         self.holds: dict[str, asyncio.Event] = {}
+        # Seconds to wait before answering a call (method, params): a slow Slack.
+        self.delay: Callable[[str, dict[str, Any]], float] | None = None
         self.sockets: list[web.WebSocketResponse] = []
         self.socket_connects = 0
         self.socket_received: list[dict[str, Any]] = []
@@ -296,6 +298,8 @@ class FakeSlackApi:
         gate = self.holds.get(method)
         if gate is not None:
             await gate.wait()
+        if self.delay is not None and (pause := self.delay(method, params)) > 0:
+            await asyncio.sleep(pause)
         queued = [f for f in self.faults.get(method) or [] if f.match is None or f.match(params)]
         if queued:
             fault = queued[0]

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bot import inbox
 from bot.outbox import Dispatcher, OutboxItem, SendResult
-from bot.storage.models import Conversation, MessageLink, Outbox
+from bot.storage.models import Conversation, KbQuery, MessageLink, Outbox
 from handlers.slack import SlackChannel
 from handlers.slack_sender import EVENT_TYPE, SlackSender
 from tests.fakes.slack_api import FakeSlackApi, dm_event, thread_reply
@@ -357,3 +357,45 @@ async def test_without_a_durable_park_the_ack_waits_for_the_work(
     gate.set()
     status, _ = await posting
     assert status == 200 and await _conversations(slack) == 1
+
+
+async def _queries(slack: Slack) -> list[str]:
+    async with slack.app.db.transaction() as s:
+        return [q.query for q in (await s.execute(select(KbQuery).order_by(KbQuery.id))).scalars()]
+
+
+async def test_a_parked_message_is_not_overtaken_by_the_next_one(slack: Slack) -> None:
+    """Slack stays slow on the first users.info: the first message overruns the budget and is
+    acknowledged; the user's next one, although fast, is handled after it."""
+    slack.channel.ack_budget = 0.05
+    first = [True]
+
+    def slow_once(method: str, _p: dict[str, Any]) -> float:
+        if method == "users.info" and first[0]:
+            first[0] = False
+            return 0.5
+        return 0.0
+
+    slack.api.delay = slow_once
+    await slack.post(slack.requests.event(dm_event(ANN, "I forgot my password")), settle=False)
+    await slack.post(slack.requests.event(dm_event(ANN, "how do I set up the vpn")))
+    assert await _queries(slack) == ["I forgot my password", "how do I set up the vpn"]
+
+
+async def test_after_a_crash_parked_messages_go_before_new_ones(slack: Slack) -> None:
+    slack.channel.ack_budget = 0.05
+    gate = slack.api.hold("users.info")
+    await slack.post(slack.requests.event(dm_event(ANN, "I forgot my password")), settle=False)
+    for task in list(slack.channel._tasks):  # the process dies with the work in flight
+        task.cancel()
+    await asyncio.sleep(0.01)
+    gate.set()
+    # The next process: the user's next message arrives while the parked one is replayed.
+    fresh = SlackChannel(slack.app)
+    nxt = dm_event(ANN, "how do I set up the vpn")
+    try:
+        await asyncio.gather(fresh._message(nxt, "Ev0NEXT"), fresh.start())
+        await fresh.wait_idle()
+    finally:
+        await fresh.stop()
+    assert await _queries(slack) == ["I forgot my password", "how do I set up the vpn"]
