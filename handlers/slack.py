@@ -356,6 +356,8 @@ class SlackChannel:
             pass
         if park is not None:
             kind, event_id, body = park
+            self._parked.add(event_id)  # running here: the replay leaves it alone
+            self._when_done(task, what, event_id)
             try:
                 await asyncio.wait_for(
                     inbox.park(self.app.db, CHANNEL, event_id, kind, body, self.app.clock.now()),
@@ -363,10 +365,7 @@ class SlackChannel:
                 )
             except Exception as exc:  # the database is busy or down: no early ack
                 log.warning("could not park Slack %s (%r): acknowledging it when done", what, exc)
-                self._when_done(task, what, event_id)
                 return await asyncio.shield(task)
-            self._parked.add(event_id)
-            self._when_done(task, what, event_id)
         else:
             self._when_done(task, what, None)
         log.warning(
