@@ -145,6 +145,11 @@ class AgentEvent:
     attachments: tuple[Attachment, ...] = ()
     message_id: str | None = None
     is_member: bool = False  # the platform vouches the agent belongs to the L2 channel
+    # For a reply in a thread the desk may not know (a card whose post was never recorded):
+    # the ticket its root message names (card metadata, signed card buttons), and whether
+    # the root is a message the bot posted. Adapters fill these; the desk decides.
+    root_ticket: str | None = None
+    root_is_bot: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,28 @@
 Rows are written by the engine in the same transaction as the change that needs them; the
 dispatcher claims the oldest unsent row of each target (so one chat's messages never
 overtake each other), hands it to the channel's :class:`Sender`, and records the outcome.
-A crash between the call and the record re-sends that one row after the lock expires.
+
+Exactly once through crashes. The claim itself is the durable "attempt started" marker
+(``result.inflight``); every call of a row goes through :meth:`OutboxItem.step`, which
+persists what earlier calls returned before it makes the next one. So after a crash the
+next attempt knows which calls were made, and that the one after them is *in doubt*: it
+may have reached the platform without being recorded. A sender that can ask the platform
+(Slack: message metadata) looks first and records what it finds instead of sending again;
+one that cannot (Telegram) sends that one call again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +45,8 @@ RECLAIM_EVERY = 5.0  # seconds between looks for rows left by a dead sender
 MAX_ATTEMPTS = 25
 TICKET_KINDS = ("ticket_card", "ticket_post", "agent_notice", "notify")
 
+T = TypeVar("T")
+
 
 @dataclass
 class OutboxItem:
@@ -52,6 +62,68 @@ class OutboxItem:
     card: TicketCard | None = None
     # Existing platform references of this ticket on this target: role -> message keys.
     links: dict[str, list[str]] = field(default_factory=dict)
+    # Calls of this row that already succeeded, kept in the database across retries and
+    # restarts: step key -> what the call returned (JSON: a message id or ts, a list...).
+    done: dict[str, Any] = field(default_factory=dict)
+    # An earlier attempt may have made the next call without recording it (the process
+    # died, or the call failed in a way that may still have reached the platform).
+    in_doubt: bool = False
+    # Persists ``done`` (the dispatcher's; ``None`` keeps progress in memory only).
+    save: Callable[[dict[str, Any]], Awaitable[None]] | None = field(default=None, repr=False)
+    # Steps found already made on the platform / made again without being able to look.
+    recovered: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+    _unsaved: bool = field(default=False, repr=False)
+
+    async def step(
+        self,
+        key: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        find: Callable[[], Awaitable[T | None]] | None = None,
+        idempotent: bool = False,
+    ) -> T:
+        """Make one platform call of this row at most once per success, across restarts.
+
+        A step already made returns its recorded result. Before a new call, the results of
+        the calls before it are saved, so a crash re-makes only the call that was running.
+        If that call is in doubt, ``find`` (when the platform can tell) looks for what it
+        left; a result found is recorded instead of calling again. An ``idempotent`` call
+        (an edit to a fixed state) is simply made again. ``call`` and ``find`` must return
+        JSON values.
+        """
+        if key in self.done:
+            done: T = self.done[key]
+            return done
+        if self._unsaved and self.save is not None:
+            await self.save(dict(self.done))
+            self._unsaved = False
+        if self.in_doubt and idempotent:
+            self.in_doubt = False  # doing it twice shows the same thing
+        if self.in_doubt:
+            if find is not None:
+                found = await find()
+                self.in_doubt = False
+                if found is not None:
+                    log.info("outbox row %s: %s was already delivered; recorded", self.id, key)
+                    self.recovered.append(key)
+                    self.done[key] = found
+                    self._unsaved = True
+                    return found
+            else:
+                log.warning(
+                    "outbox row %s: %s may have been delivered before a crash and cannot be "
+                    "checked on %s; sending it again",
+                    self.id,
+                    key,
+                    self.channel,
+                )
+                self.resent.append(key)
+                self.in_doubt = False
+        result = await call()
+        self.done[key] = result
+        self._unsaved = True
+        return result
 
 
 @dataclass
@@ -63,6 +135,9 @@ class SendResult:
     permanent: bool = False  # do not retry (400, 403...)
     deferred: bool = False  # not tried yet (our own rate limiter): no attempt is counted
     unreachable: bool = False  # the user blocked the bot / left
+    # The failed call may still have reached the platform (timeout, lost connection, 5xx):
+    # the next attempt treats it as in doubt.
+    maybe_sent: bool = False
     error: str = ""
     # New platform references to remember: (role, message_key, ticket_message_id).
     links: list[tuple[str, str, int | None]] = field(default_factory=list)
@@ -131,7 +206,8 @@ class Dispatcher:
             for task in pending:
                 task.cancel()
 
-    async def _claim(self, now: datetime, limit: int) -> list[Outbox]:
+    async def _claim(self, now: datetime, limit: int) -> list[tuple[Outbox, bool]]:
+        """Claim due rows; each with whether its previous attempt may have sent something."""
         async with self.db.transaction() as s:
             # Rows whose sender died mid-call go back to the queue: looked for on the first
             # pass and then every few seconds, not on every pass of a busy dispatcher.
@@ -156,7 +232,7 @@ class Dispatcher:
                     )
                 ).scalars()
             )
-            chosen: list[Outbox] = []
+            chosen: list[tuple[Outbox, bool]] = []
             blocked: set[tuple[str, str]] = set()
             for row in rows:
                 key = (row.channel, row.target)
@@ -169,13 +245,23 @@ class Dispatcher:
                     continue
                 if row.status != "pending" or row.next_attempt_at > now:
                     continue
+                state = dict(row.result or {})
+                # Still marked in flight: the attempt that claimed it last never recorded.
+                doubt = bool(state.get("inflight") or state.get("doubt"))
                 res = await s.execute(
                     update(Outbox)
                     .where(Outbox.id == row.id, Outbox.status == "pending")
-                    .values(status="sending", locked_by=self.worker_id, locked_until=now + LOCK_FOR)
+                    .values(
+                        status="sending",
+                        locked_by=self.worker_id,
+                        locked_until=now + LOCK_FOR,
+                        # The durable "attempt started" marker, cleared by the record.
+                        result={**state, "inflight": True},
+                    )
+                    .execution_options(synchronize_session=False)
                 )
                 if getattr(res, "rowcount", 0) == 1:
-                    chosen.append(row)
+                    chosen.append((row, doubt))
                 if len(chosen) >= limit:
                     break
             return chosen
@@ -203,18 +289,31 @@ class Dispatcher:
         """One pass: claim due rows (one per target), build them in one transaction, send
         them concurrently, and record each outcome as soon as its call returns."""
         now = self.clock.now()
-        rows = await self._claim(now, limit)
-        if not rows:
+        claimed = await self._claim(now, limit)
+        if not claimed:
             return 0
+        rows = [row for row, _ in claimed]
         items = await self._items(rows)
+        for row, doubt in claimed:
+            items[row.id].in_doubt = doubt
         await asyncio.gather(*(self._send_and_record(row, items[row.id]) for row in rows))
         return len(rows)
 
     async def _send_and_record(self, row: Outbox, item: OutboxItem) -> None:
-        # Each row is recorded as soon as its own call returns: a crash between the call and
-        # the record re-sends only that row, not the whole pass.
+        # Each row is recorded as soon as its own call returns; a crash before the record
+        # leaves the claim's in-flight marker, so the next attempt knows to look first.
         result = await self._send(row, item)
-        await self._record([(row, result)])
+        await self._record([(row, item, result)])
+
+    async def _save_progress(self, row_id: int, done: dict[str, Any]) -> None:
+        """Persist the calls a row has made so far (between two calls of one row)."""
+        async with self.db.transaction() as s:
+            await s.execute(
+                update(Outbox)
+                .where(Outbox.id == row_id, Outbox.locked_by == self.worker_id)
+                .values(result={"inflight": True, "done": done})
+                .execution_options(synchronize_session=False)
+            )
 
     async def drain(self, max_passes: int = 1000) -> int:
         """Send everything that is due now (tests and one-shot tools)."""
@@ -236,6 +335,8 @@ class Dispatcher:
                 payload=dict(row.payload or {}),
                 attempts=row.attempts,
                 ticket_id=row.ticket_id,
+                done=dict((row.result or {}).get("done") or {}),
+                save=functools.partial(self._save_progress, row.id),
             )
             for row in rows
         }
@@ -278,15 +379,20 @@ class Dispatcher:
             log.exception("sender %s failed on outbox row %s", row.channel, row.id)
             return SendResult(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
 
-    async def _record(self, outcomes: list[tuple[Outbox, SendResult]]) -> None:
+    async def _record(self, outcomes: list[tuple[Outbox, OutboxItem, SendResult]]) -> None:
         now = self.clock.now()
         async with self.db.transaction() as s:
-            for row, result in outcomes:
-                await self._record_one(s, row, result, now)
+            for row, item, result in outcomes:
+                await self._record_one(s, row, item, result, now)
 
     async def _record_one(
-        self, s: AsyncSession, row: Outbox, result: SendResult, now: datetime
+        self, s: AsyncSession, row: Outbox, item: OutboxItem, result: SendResult, now: datetime
     ) -> None:
+        if self.metrics is not None:
+            for _ in item.recovered:
+                self.metrics.deliveries.labels(row.channel, "recovered").inc()
+            for _ in item.resent:
+                self.metrics.deliveries.labels(row.channel, "resent_in_doubt").inc()
         if result.ok:
             if self.metrics is not None:
                 self.metrics.deliveries.labels(row.channel, "sent").inc()
@@ -300,7 +406,9 @@ class Dispatcher:
                     locked_until=None,
                     attempts=row.attempts + 1,
                     last_error=None,
+                    result={"done": item.done} if item.done else None,
                 )
+                .execution_options(synchronize_session=False)
             )
             if result.drop_roles and row.ticket_id is not None:
                 stale = await s.execute(
@@ -337,6 +445,8 @@ class Dispatcher:
             self.metrics.deliveries.labels(row.channel, outcome).inc()
             if not result.deferred:
                 self.metrics.platform_errors.labels(row.channel).inc()
+        # What the calls so far returned, and whether the next one may already have landed.
+        state: dict[str, Any] = {"done": item.done, "doubt": item.in_doubt or result.maybe_sent}
         if result.permanent or attempts >= MAX_ATTEMPTS:
             await s.execute(
                 update(Outbox)
@@ -347,7 +457,9 @@ class Dispatcher:
                     last_error=result.error[:2000],
                     locked_by=None,
                     locked_until=None,
+                    result=state,
                 )
+                .execution_options(synchronize_session=False)
             )
             await log_event(
                 s,
@@ -376,7 +488,9 @@ class Dispatcher:
                 next_attempt_at=now + timedelta(seconds=delay),
                 locked_by=None,
                 locked_until=None,
+                result=state,
             )
+            .execution_options(synchronize_session=False)
         )
 
 

@@ -567,6 +567,25 @@ class Desk:
             return ev.agent.user_id in set(self.settings.slack.consultants)
         return ev.channel == "memory" and ev.agent.user_id.startswith("agent")
 
+    async def knows_thread(self, channel: str, destination: str, thread_ref: str) -> bool:
+        """Whether a thread (card, topic, relayed post) in ``destination`` is a ticket's.
+
+        Lets an adapter skip asking its platform about a thread's root message when the
+        thread is known anyway (read-only, its own short transaction)."""
+        async with self.db.transaction() as s:
+            found = (
+                await s.execute(
+                    select(MessageLink.id)
+                    .where(
+                        MessageLink.channel == channel,
+                        MessageLink.chat_key == destination_split(destination)[1],
+                        MessageLink.message_key == thread_ref,
+                    )
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+        return found is not None
+
     async def find_ticket(self, s: AsyncSession, ev: AgentEvent) -> Ticket | None:
         """The ticket an agent event is about: named, or found by its thread or topic."""
         if ev.ticket:
@@ -596,7 +615,13 @@ class Desk:
                 return HandleResult(duplicate=True)
             actor = ev.agent.key
             ticket = await self.find_ticket(s, ev)
-            if ticket is None and ev.action == "message":
+            adopted = False
+            if ticket is None and ev.root_ticket:
+                # A thread under a card the database does not know (a copy left by a crash):
+                # the card itself says which ticket it shows.
+                ticket = await self.by_number(s, ev.root_ticket)
+                adopted = ticket is not None
+            if ticket is None and ev.action == "message" and not ev.root_is_bot:
                 # Chatter in the L2 room that is not about a ticket: nobody's business,
                 # whoever wrote it (no refusal notices in reply to small talk).
                 return HandleResult()
@@ -606,13 +631,46 @@ class Desk:
                 await self._tell_agent(s, ev, text, now)
                 return HandleResult(ack=text, refused=True)
             if ticket is None:
-                text = lt("ticket_not_found", self.l2_lang)
+                # Under one of the bot's posts that is no ticket's card: never lost in silence.
+                key = "reply_not_delivered" if ev.action == "message" else "ticket_not_found"
+                if ev.action == "message":
+                    await log_event(
+                        s,
+                        "agent_reply_unrouted",
+                        actor=actor,
+                        at=now,
+                        channel=ev.channel,
+                        thread=ev.thread_ref,
+                    )
+                text = lt(key, self.l2_lang)
                 await self._tell_agent(s, ev, text, now)
                 return HandleResult(ack=text, refused=True)
+            if adopted and ev.thread_ref:
+                await self._adopt_thread(s, ev, ticket, now)
             log_context.set({**(log_context.get() or {}), "ticket": self.number(ticket)})
             if not self.db.sqlite:
                 await s.refresh(ticket, with_for_update=True)
             return await self._agent_action(s, ev, ticket, now)
+
+    async def _adopt_thread(
+        self, s: AsyncSession, ev: AgentEvent, ticket: Ticket, now: datetime
+    ) -> None:
+        """Remember an unknown thread of ``ticket`` so later replies in it are found directly."""
+        assert ev.thread_ref is not None
+        s.add(
+            MessageLink(
+                ticket_id=ticket.id,
+                role="thread",
+                channel=ev.channel,
+                chat_key=destination_split(ev.destination)[1],
+                message_key=ev.thread_ref,
+                created_at=now,
+            )
+        )
+        await log_event(
+            s, "thread_adopted", actor=ev.agent.key, at=now, ticket_id=ticket.id,
+            thread=ev.thread_ref,
+        )
 
     async def _tell_agent(self, s: AsyncSession, ev: AgentEvent, text: str, now: datetime) -> None:
         channel, target = destination_split(ev.destination)

@@ -119,6 +119,12 @@ L2_MESSAGES: dict[str, dict[str, str]] = {
         "en": "No ticket found here. Reply in a ticket's thread or name the ticket (FL-1042).",
         "ru": "Заявка не найдена. Отвечайте в ветке заявки или укажите номер (FL-1042).",
     },
+    "reply_not_delivered": {
+        "en": "Not delivered: this thread is not linked to a ticket, so nobody received your "
+        "message. Reply in the thread of the ticket's card.",
+        "ru": "Не доставлено: эта ветка не связана с заявкой, ваше сообщение никто не получил. "
+        "Ответьте в ветке карточки заявки.",
+    },
     "ticket_closed": {
         "en": "{number} is {status}; reopen it first.",
         "ru": "{number}: {status}; сначала откройте её снова.",

@@ -10,19 +10,24 @@ Translate in, hand to the app, translate out — nothing else lives here:
 Intake is Socket Mode when ``SLACK_APP_TOKEN`` is set, else HTTP on ``POST /slack/events``
 of the shared aiohttp server (bolt verifies the signing secret: 401 on a bad signature or
 a stale timestamp). Each request is processed inline, inside an ack budget well under
-Slack's 3 seconds, so the unit of work normally commits *before* Slack hears "200"; if it
-runs longer the request is acknowledged and the work finishes in the background. Slack's
-re-deliveries carry the same ``event_id`` and are dropped by the core's processed-events
-table, so a retry is handled once even across restarts and processes.
+Slack's 3 seconds, so the unit of work normally commits *before* Slack hears "200". If it
+runs longer, the raw request is first parked in the inbox (:mod:`bot.inbox`, its own short
+transaction), then acknowledged, and the work finishes in the background; a crash before it
+commits is replayed from the inbox at the next start. Slack's re-deliveries carry the same
+``event_id`` and are dropped by the core's processed-events table, so a retry (or a replay)
+is handled once even across restarts and processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,6 +41,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 
+from bot import inbox
 from bot.app import App
 from bot.domain import (
     AgentAction,
@@ -62,7 +68,7 @@ from handlers.slack_render import (
     slack_to_plain,
     without_buttons,
 )
-from handlers.slack_sender import CHANNEL, SlackSender
+from handlers.slack_sender import CHANNEL, SlackSender, outbox_mark
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,12 @@ ACK_BUDGET = 2.0  # seconds of inline work before we acknowledge anyway (Slack a
 USER_CACHE_SECONDS = 600.0
 MEMBERS_CACHE_SECONDS = 60.0
 STOP_GRACE = 10.0  # seconds in-flight work may take at shutdown
+NOT_NOW = {
+    "en": "Sorry, I cannot take your request right now. Please try again in a minute.",
+    "ru": "Извините, сейчас не получается принять обращение. Попробуйте через минуту.",
+}
+PARK_BUDGET = 0.8  # seconds to park a slow request in the inbox before the ack (3 s in all)
+REPLAY_EVERY = 30.0  # seconds between looks for parked requests whose work failed
 # Message subtypes that carry something a person wrote.
 WRITTEN = frozenset({None, "file_share", "thread_broadcast", "me_message"})
 USER_COMMANDS = frozenset({"start", "help", "new", "status", "cancel", "lang", "forget"})
@@ -88,15 +100,21 @@ CARD_ACTIONS: dict[str, AgentAction] = {
     "save_kb": "save_kb",
 }
 DELETED_MARK = {"en": "🗑 (deleted by the user)", "ru": "🗑 (удалено пользователем)"}
-NOT_NOW = {
-    "en": "Sorry, I cannot take your request right now. Please try again in a minute.",
-    "ru": "Извините, сейчас не получается принять обращение. Попробуйте через минуту.",
-}
-# Pauses before re-running acknowledged work that met a database outage (about 10 minutes).
-LATE_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 240.0)
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _BARE_MENTION = re.compile(r"<@([UW][A-Z0-9]+)>")
 MENTIONS_RESOLVED = 5  # users.info calls one message may cost
+
+
+# Set while parked requests are replayed: they go first, so they do not wait for the replay.
+_REPLAYING: ContextVar[bool] = ContextVar("slack_replaying", default=False)
+
+
+@dataclass
+class _ChatTurn:
+    """The lock that keeps one chat's requests in arrival order, and how many want it."""
+
+    lock: asyncio.Lock
+    users: int = 0
 
 
 def api_base_url(url: str | None) -> str:
@@ -156,7 +174,6 @@ class SlackChannel:
             raise ValueError("SLACK_BOT_TOKEN is not set")
         self.app = app
         self.ack_budget = ack_budget
-        self.late_retry_delays: tuple[float, ...] = LATE_RETRY_DELAYS
         self.socket_mode = cfg.app_token is not None
         secret = cfg.signing_secret.get_secret_value() if cfg.signing_secret else ""
         if not self.socket_mode and not secret:
@@ -190,6 +207,11 @@ class SlackChannel:
         self._dms: dict[str, str] = {}
         self._members: dict[str, tuple[float, frozenset[str]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._parked: set[str] = set()  # parked requests whose work still runs here
+        self._replayer: asyncio.Task[None] | None = None
+        # Requests wait for the first replay of what a previous process parked (set then).
+        self._replayed = asyncio.Event()
+        self._turns: dict[str, _ChatTurn] = {}
         self._socket: AsyncSocketModeHandler | None = None
         self._connecting: asyncio.Task[None] | None = None
         for channel in self.desk_channels:
@@ -221,6 +243,8 @@ class SlackChannel:
             )
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("Slack auth.test failed (%s); bolt retries on the first request", exc)
+        # Requests a previous process acknowledged but did not finish: now, then now and then.
+        self._replayer = asyncio.create_task(self._replay_loop(), name="slack-inbox")
         if self.socket_mode:
             token = self.app.settings.slack.app_token
             assert token is not None
@@ -239,6 +263,10 @@ class SlackChannel:
         """Close the socket, then let in-flight work finish (bounded)."""
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
         if self._socket is not None:
             try:
                 await self._socket.close_async()  # type: ignore[no-untyped-call]
@@ -312,50 +340,126 @@ class SlackChannel:
 
         task.add_done_callback(done)
 
-    async def _bounded(self, work: Callable[[], Awaitable[T]], what: str) -> T | None:
-        """Run ``work()`` inline up to the ack budget; past it, finish in the background.
+    async def _bounded(
+        self,
+        coro: Awaitable[T],
+        what: str,
+        park: tuple[str, str, dict[str, Any]] | None = None,
+    ) -> T | None:
+        """Run ``coro`` inline up to the ack budget; past it, finish in the background.
 
-        A failure inside the budget propagates: the request is not acknowledged with 200 and
-        Slack re-delivers an event. Past the budget Slack has its 200 and will not: work that
-        then fails because the database is unavailable is run again here until it gets in.
-        """
-        task = asyncio.ensure_future(work())
+        With ``park`` (kind, event id, raw request) a request that overruns the budget is
+        parked in the inbox before the acknowledgement, so Slack never hears "200" for work
+        that is not durable yet; if even parking fails, the ack waits for the work (an event
+        is then delivered again by Slack, and its event id makes that a no-op if it
+        committed meanwhile)."""
+        task = asyncio.ensure_future(coro)
         self._track(task)
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.ack_budget)
         except TimeoutError:
-            log.warning(
-                "Slack %s still running after %.1fs: acknowledged early", what, self.ack_budget
-            )
-
-            def done(f: asyncio.Future[Any]) -> None:
-                if f.cancelled() or f.exception() is None:
-                    return
-                exc = f.exception()
-                if exc is not None and database_unavailable(exc):
-                    self._track(asyncio.ensure_future(self._retry_late(work, what)))
-                else:
-                    log.error("Slack %s failed after the ack", what, exc_info=exc)
-
-            task.add_done_callback(done)
-            return None
-
-    async def _retry_late(self, work: Callable[[], Awaitable[Any]], what: str) -> None:
-        """Acknowledged work that met a database outage: try again with growing pauses (each
-        attempt is a fresh unit of work; the event id keeps it from being applied twice)."""
-        for n, delay in enumerate(self.late_retry_delays, start=1):
-            log.warning("database unavailable; Slack %s retried in %.0fs (%d)", what, delay, n)
-            await asyncio.sleep(delay)
+            pass
+        if park is not None:
+            kind, event_id, body = park
+            self._parked.add(event_id)  # running here: the replay leaves it alone
+            self._when_done(task, what, event_id)
             try:
-                await work()
-            except Exception as exc:
-                if database_unavailable(exc):
-                    continue
-                log.error("Slack %s failed after the ack", what, exc_info=exc)
+                await asyncio.wait_for(
+                    inbox.park(self.app.db, CHANNEL, event_id, kind, body, self.app.clock.now()),
+                    PARK_BUDGET,
+                )
+            except Exception as exc:  # the database is busy or down: no early ack
+                log.warning("could not park Slack %s (%r): acknowledging it when done", what, exc)
+                return await asyncio.shield(task)
+        else:
+            self._when_done(task, what, None)
+        log.warning(
+            "Slack %s still running after %.1fs: parked and acknowledged", what, self.ack_budget
+        )
+        return None
+
+    def _when_done(self, task: asyncio.Future[Any], what: str, parked: str | None) -> None:
+        """After slow work: unpark its request if it finished, log it if it failed (a failed
+        one stays parked and is replayed later)."""
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if parked is not None:
+                self._parked.discard(parked)
+            if f.cancelled() or f.exception() is not None:
+                log.error(
+                    "Slack %s failed after the ack", what,
+                    exc_info=None if f.cancelled() else f.exception(),
+                )
                 return
-            log.info("Slack %s handled after the database came back", what)
-            return
-        log.error("Slack %s lost: the database stayed unavailable", what)
+            if parked is not None:
+                self._spawn(inbox.unpark(self.app.db, CHANNEL, parked), "inbox clean-up")
+
+        task.add_done_callback(done)
+
+    async def _replay_loop(self) -> None:
+        while True:
+            try:
+                await self.replay_parked()
+            except Exception:  # the database may be down; the next round retries
+                log.exception("replaying parked Slack requests failed")
+            finally:
+                self._replayed.set()
+            await asyncio.sleep(REPLAY_EVERY)
+
+    @contextlib.asynccontextmanager
+    async def _in_order(self, chat: str) -> AsyncIterator[None]:
+        """One request of a chat at a time, in arrival order, after whatever a previous
+        process parked: a request that overran the ack budget (parked, acknowledged) is
+        never overtaken by the user's next one, in this process or after a restart."""
+        if not _REPLAYING.get():
+            await self._replayed.wait()
+        turn = self._turns.setdefault(chat, _ChatTurn(asyncio.Lock()))
+        turn.users += 1
+        try:
+            async with turn.lock:  # asyncio.Lock wakes its waiters first come, first served
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                self._turns.pop(chat, None)
+
+    async def replay_parked(self) -> int:
+        """Run the parked requests whose work is not running here (a previous process was
+        killed after acknowledging them, or the work failed); the number replayed."""
+        done = 0
+        token = _REPLAYING.set(True)
+        try:
+            rows = await inbox.parked(self.app.db, CHANNEL)
+        finally:
+            _REPLAYING.reset(token)
+        for row in rows:
+            if row.event_id in self._parked:
+                continue
+            token = _REPLAYING.set(True)
+            try:
+                await self._replay(row.kind, row.event_id, row.body)
+            except Exception:
+                log.exception("replaying parked Slack %s %s failed", row.kind, row.event_id)
+                await inbox.replay_failed(self.app.db, row.id)
+                continue
+            finally:
+                _REPLAYING.reset(token)
+            await inbox.unpark(self.app.db, CHANNEL, row.event_id)
+            log.info("replayed parked Slack %s %s", row.kind, row.event_id)
+            done += 1
+        return done
+
+    async def _replay(self, kind: str, event_id: str, body: dict[str, Any]) -> None:
+        if kind == "message":
+            await self._message(body["event"], event_id)
+        elif kind == "button":
+            await self._user_button(body["body"], body["action"])
+        elif kind == "card":
+            await self._card_action(body["body"], body["action"], None)
+        elif kind == "command":
+            await self._command(body["command"], event_id)
+        else:
+            log.warning("parked Slack request %s of unknown kind %r dropped", event_id, kind)
 
     # ------------------------------------------------------------------ identities
 
@@ -475,10 +579,19 @@ class SlackChannel:
             body.get("event_id") or f"{channel}:{event.get('event_ts') or event.get('ts')}"
         )
         if event.get("channel_type") == "im" or channel in self.desk_channels:
-            await self._bounded(lambda: self._message(event, event_id), f"message {event_id}")
+            await self._bounded(
+                self._message(event, event_id),
+                f"message {event_id}",
+                ("message", event_id, {"event": event}),
+            )
 
     async def _message(self, event: dict[str, Any], event_id: str) -> None:
-        """Translate and handle one message event (inside the ack budget)."""
+        """Translate and handle one message event (inside the ack budget), in its chat's
+        order."""
+        async with self._in_order(str(event.get("channel") or "")):
+            await self._message_now(event, event_id)
+
+    async def _message_now(self, event: dict[str, Any], event_id: str) -> None:
         if event.get("channel_type") == "im":
             user_ev = await self._user_message(event, event_id)
             if user_ev is not None:
@@ -584,6 +697,7 @@ class SlackChannel:
         thread = msg.get("thread_ts")
         if not msg.get("user") or not thread or thread == msg.get("ts"):
             return None  # channel chatter, not a reply under a ticket card
+        root_ticket, root_is_bot = await self._thread_root(channel, str(thread), msg)
         return AgentEvent(
             CHANNEL,
             event_id,
@@ -596,24 +710,72 @@ class SlackChannel:
             message_id=str(msg.get("ts") or "") or None,
             # Only members can post in a channel; with a consultants list the desk decides.
             is_member=not self.consultants,
+            root_ticket=root_ticket,
+            root_is_bot=root_is_bot,
         )
+
+    async def _thread_root(
+        self, channel: str, thread: str, msg: dict[str, Any]
+    ) -> tuple[str | None, bool]:
+        """(ticket, posted by us) of the root of a thread the desk does not know.
+
+        Known threads (the usual case) cost one indexed read. Otherwise, unless the event's
+        ``parent_user_id`` says a person started the thread (chatter), the root is read with
+        its metadata: our cards carry their ticket number there (and in the block id of
+        their controls), so a reply under a card the database never recorded still finds
+        its ticket."""
+        if await self.app.desk.knows_thread(CHANNEL, f"{CHANNEL}:{channel}", thread):
+            return None, False
+        me = {self.bot_user_id} - {None}
+        parent = msg.get("parent_user_id")
+        if parent is not None and parent not in me:
+            return None, False
+        try:
+            resp = await self.client.conversations_replies(
+                channel=channel, ts=thread, limit=1, include_all_metadata=True
+            )
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot read the root of thread %s in %s: %s", thread, channel, exc)
+            return None, parent is not None  # parent_user_id said it is ours
+        root = next((m for m in resp.get("messages") or [] if m.get("ts") == thread), None)
+        if root is None:
+            return None, parent is not None
+        mark = outbox_mark(root)
+        ours = mark is not None or (bool(me) and root.get("user") in me)
+        if not ours:
+            return None, False
+        if mark is not None and mark.get("ticket"):
+            return str(mark["ticket"]), True
+        for block in root.get("blocks") or []:
+            block_id = str(block.get("block_id") or "")
+            if block_id.startswith(CARD_BLOCK_PREFIX):
+                return block_id[len(CARD_BLOCK_PREFIX) :], True
+        return None, True
 
     # ------------------------------------------------------------------ interactivity
 
     async def _on_user_button(
         self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]
     ) -> None:
-        await self._bounded(lambda: self._user_button(body, action), "button")
+        await self._bounded(
+            self._user_button(body, action),
+            "button",
+            ("button", _press_id("btn", body, action), {"body": body, "action": action}),
+        )
         await ack()
 
     async def _user_button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+        async with self._in_order(str((body.get("channel") or {}).get("id") or "")):
+            await self._user_button_now(body, action)
+
+    async def _user_button_now(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         user_id = str((body.get("user") or {}).get("id") or "")
         channel = str((body.get("channel") or {}).get("id") or "")
         if not user_id or not channel:
             return  # a button outside a conversation (App Home): nothing to continue
         ev = UserEvent(
             CHANNEL,
-            f"btn:{user_id}:{action.get('action_ts') or body.get('trigger_id')}",
+            _press_id("btn", body, action),
             await self.user_ref(user_id),
             channel,
             "button",
@@ -657,10 +819,23 @@ class SlackChannel:
         action: dict[str, Any],
         respond: Callable[..., Awaitable[Any]] | None,
     ) -> None:
-        await self._bounded(lambda: self._card_action(body, action, respond), "card action")
+        await self._bounded(
+            self._card_action(body, action, respond),
+            "card action",
+            ("card", _press_id("act", body, action), {"body": body, "action": action}),
+        )
         await ack()
 
     async def _card_action(
+        self,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        respond: Callable[..., Awaitable[Any]] | None,
+    ) -> None:
+        async with self._in_order(str((body.get("channel") or {}).get("id") or "")):
+            await self._card_action_now(body, action, respond)
+
+    async def _card_action_now(
         self,
         body: dict[str, Any],
         action: dict[str, Any],
@@ -686,7 +861,7 @@ class SlackChannel:
         is_member = await self._vouch_clicker(channel, user_id)
         ev = AgentEvent(
             CHANNEL,
-            f"act:{user_id}:{action.get('action_ts') or body.get('trigger_id')}",
+            _press_id("act", body, action),
             await self.user_ref(user_id, str(user.get("name") or "")),
             f"{CHANNEL}:{channel}",
             verb,
@@ -712,30 +887,46 @@ class SlackChannel:
     async def _on_command(
         self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]
     ) -> None:
+        event_id = f"cmd:{command.get('trigger_id') or time.time_ns()}"
         # Slack never re-sends a slash command: what cannot be handled now is said to the user.
         refusal = await self._bounded(
-            lambda: self._command(command), f"command {command.get('command')}"
+            self._command(command, event_id),
+            f"command {command.get('command')}",
+            ("command", event_id, {"command": command}),
         )
         if refusal:
             await ack(text=refusal)
         else:
             await ack()
 
-    async def _command(self, command: dict[str, Any]) -> str | None:
+    async def _command(self, command: dict[str, Any], event_id: str) -> str | None:
         """``/support [text]``: start, continue, or run a sub-command in the user's DM.
 
         Returns a text for the user when the command could not be taken on (shown in reply
         to the command itself, since there is no DM to answer in)."""
         user_id = str(command.get("user_id") or "")
         text = (await self.plain(str(command.get("text") or ""))).strip()
-        ref = await self.user_ref(user_id, str(command.get("user_name") or ""))
         try:
             chat = await self.dm_channel(user_id)
         except (SlackApiError, aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             log.error("cannot open a DM with %s for %s: %s", user_id, command.get("command"), exc)
+            ref = await self.user_ref(user_id, str(command.get("user_name") or ""))
             return NOT_NOW[pick_lang(ref.language_code)]
+        async with self._in_order(chat):
+            try:
+                await self._command_in(command, event_id, user_id, chat, text)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                ref = await self.user_ref(user_id, str(command.get("user_name") or ""))
+                return NOT_NOW[pick_lang(ref.language_code)]
+        return None
+
+    async def _command_in(
+        self, command: dict[str, Any], event_id: str, user_id: str, chat: str, text: str
+    ) -> None:
         word, _, rest = text.partition(" ")
-        event_id = f"cmd:{command.get('trigger_id') or user_id + ':' + str(time.time_ns())}"
+        ref = await self.user_ref(user_id, str(command.get("user_name") or ""))
         if not text:
             ev = UserEvent(CHANNEL, event_id, ref, chat, "command", command="start")
         elif word.lower().lstrip("/") in USER_COMMANDS:
@@ -744,13 +935,7 @@ class SlackChannel:
             )
         else:
             ev = UserEvent(CHANNEL, event_id, ref, chat, "message", text=text)
-        try:
-            await self.app.handle_user(ev)
-        except Exception as exc:
-            if not database_unavailable(exc):
-                raise
-            return NOT_NOW[pick_lang(ref.language_code)]
-        return None
+        await self.app.handle_user(ev)
 
     # ------------------------------------------------------------------ App Home
 
@@ -797,6 +982,12 @@ class SlackChannel:
             blocks += [{"type": "divider"}, *lines[:45]]
         blocks += [{"type": "context", "elements": [mrkdwn(escape(t("help", lang)))]}]
         return {"type": "home", "blocks": blocks}
+
+
+def _press_id(prefix: str, body: dict[str, Any], action: dict[str, Any]) -> str:
+    """The event id of a button press: the same on every delivery and replay of it."""
+    user_id = str((body.get("user") or {}).get("id") or "")
+    return f"{prefix}:{user_id}:{action.get('action_ts') or body.get('trigger_id')}"
 
 
 _OBJECT_FIELDS = ("view", "message", "container", "state", "event")

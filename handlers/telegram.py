@@ -735,6 +735,7 @@ class TelegramChannel:
         ref = self.thread_ref(m)
         if action in ("message", "edit") and ref is None:
             return  # chatter in the room, not in a ticket's thread
+        root_ticket, root_is_bot = self._root(m)
         if action == "message" and not text and not attachments:
             return  # service messages (topic created, pinned...)
         ev = AgentEvent(
@@ -750,8 +751,28 @@ class TelegramChannel:
             attachments=attachments,
             message_id=str(m.message_id),
             is_member=self._is_member(),
+            root_ticket=root_ticket,
+            root_is_bot=root_is_bot,
         )
         await self.app.handle_agent(ev)
+
+    def _root(self, m: Message) -> tuple[str | None, bool]:
+        """(ticket, posted by us) of the message a desk message replies to.
+
+        A card carries its ticket in its signed buttons, so a reply to a card the database
+        never recorded (a copy a crash left behind) still finds its ticket; a reply to any
+        other message of ours that is no ticket's gets a "not delivered" answer."""
+        root = m.reply_to_message
+        if root is None or root.from_user is None or root.from_user.id != self.bot.id:
+            return None, False
+        rows = root.reply_markup.inline_keyboard if root.reply_markup is not None else []
+        for row in rows:
+            for button in row:
+                data = button.callback_data or ""
+                press = self.signer.verify(m.chat.id, data) if is_card_data(data) else None
+                if press is not None:
+                    return press.number, True
+        return None, True
 
     async def _foreign_group(self, m: Message) -> None:
         """A group that is not a desk: stay quiet, except one pointer when addressed."""

@@ -5,6 +5,13 @@ renders, paces the calls, and maps every Bot API outcome onto a :class:`SendResu
 429 -> ``retry_after``; 5xx, timeouts and network errors -> retry with backoff; 403 from a user
 -> permanent and unreachable; "message is not modified" -> success; a card or topic that was
 deleted -> posted anew (``drop_roles``), so nothing is lost.
+
+A row may take several calls (a long text in parts, a topic then its card, an album then a
+caption). Each is an :meth:`~bot.outbox.OutboxItem.step`: what it returned is saved in the
+database before the next call, so a retry or a restart goes on with the next call. The Bot
+API has no idempotency key and no way to read a chat back, so the one call that was running
+when the process died is made again: at most one duplicate message per crash. Edits (card
+re-renders, topic names, keyboards) are idempotent and simply repeated.
 """
 
 from __future__ import annotations
@@ -207,9 +214,10 @@ class ThreadGone(Exception):
 
 @dataclass
 class _Progress:
-    """Calls of one outbox row that already succeeded: a retry skips them (no duplicates)."""
+    """One attempt at an outbox row: its steps (saved across attempts) and the references
+    the attempt collects (rebuilt on every attempt from the steps' recorded results)."""
 
-    done: dict[str, Any] = field(default_factory=dict)
+    item: OutboxItem
     links: list[tuple[str, str, int | None]] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
 
@@ -238,7 +246,6 @@ class TelegramSender:
         self.bot = bot
         self.signer = signer
         self.limiter = limiter or RateLimiter(limits or RateLimits())
-        self._progress: dict[int, _Progress] = {}
         self._forum: dict[int, bool] = {}
         self._topic_names: dict[tuple[int, int], str] = {}
         self._migrated: dict[int, int] = {}
@@ -248,7 +255,7 @@ class TelegramSender:
 
     async def send(self, item: OutboxItem) -> SendResult:
         """Deliver one outbox row; never raises for a Bot API outcome."""
-        prog = self._progress.setdefault(item.id, _Progress())
+        prog = _Progress(item)
         try:
             await self._dispatch(item, prog)
         except Deferred as d:
@@ -267,31 +274,31 @@ class TelegramSender:
             return SendResult(ok=False, retry_after=0.0, error=_err(e))
         except TelegramForbiddenError as e:
             if _is_private(item.target):
-                self._progress.pop(item.id, None)
                 return SendResult(ok=False, permanent=True, unreachable=True, error=_err(e))
             # Kicked from a desk group: keep the row until an admin adds the bot back.
             log.error("the bot cannot post in chat %s: %s", item.target, e.message)
             return SendResult(ok=False, error=_err(e))
         except TelegramBadRequest as e:
             if _is_private(item.target) and _has(e, GONE_USER):
-                self._progress.pop(item.id, None)
                 return SendResult(ok=False, permanent=True, unreachable=True, error=_err(e))
             if not _is_private(item.target) and _has(e, DESK_UNAVAILABLE):
                 log.error("the bot cannot post in chat %s: %s", item.target, e.message)
                 return SendResult(ok=False, error=_err(e))
             log.warning("Telegram refused outbox row %s (%s): %s", item.id, item.kind, e.message)
-            self._progress.pop(item.id, None)
             return SendResult(ok=False, permanent=True, error=_err(e))
         except TelegramEntityTooLarge as e:
-            self._progress.pop(item.id, None)
             return SendResult(ok=False, permanent=True, error=_err(e))
-        except (TelegramServerError, TelegramNetworkError, TelegramAPIError) as e:
-            # 5xx, timeouts, connection errors, 401/404/409: transient or an admin's fix away.
+        except (TelegramServerError, TelegramNetworkError) as e:
+            # 5xx, timeouts, lost connections: Telegram may have sent it before failing.
+            return SendResult(ok=False, error=_err(e), maybe_sent=True)
+        except TelegramAPIError as e:
+            # 401/404/409 and the like: transient or an admin's fix away; nothing was sent.
             return SendResult(ok=False, error=_err(e))
-        except (ThreadGone, AiogramError, TimeoutError, OSError) as e:
-            # Topic trouble we could not route around, malformed responses, raw I/O errors.
+        except (TimeoutError, OSError) as e:
+            return SendResult(ok=False, error=f"{type(e).__name__}: {e}"[:500], maybe_sent=True)
+        except (ThreadGone, AiogramError) as e:
+            # Topic trouble we could not route around, malformed responses.
             return SendResult(ok=False, error=f"{type(e).__name__}: {e}"[:500])
-        self._progress.pop(item.id, None)
         return SendResult(links=list(prog.links), drop_roles=list(dict.fromkeys(prog.drop)))
 
     async def _dispatch(self, item: OutboxItem, prog: _Progress) -> None:
@@ -317,14 +324,17 @@ class TelegramSender:
         chat = _chat(item.target)
         return self._migrated.get(chat, chat)
 
-    async def _once(self, prog: _Progress, key: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` unless an earlier attempt of the same row already did."""
-        if key in prog.done:
-            done: T = prog.done[key]
-            return done
-        result = await call()
-        prog.done[key] = result
-        return result
+    async def _once(
+        self,
+        prog: _Progress,
+        key: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        idempotent: bool = False,
+    ) -> T:
+        """Run ``call`` unless an earlier attempt of the same row already did (saved in the
+        database). ``call`` returns message ids: JSON, as the outbox stores them."""
+        return await prog.item.step(key, call, idempotent=idempotent)
 
     async def _send_html(
         self,
@@ -625,32 +635,33 @@ class TelegramSender:
         chat = self._target(item)
         topic = _last_int(item.links.get("topic"))
         card_id = _last_int(item.links.get("card"))
-        if card_id is not None and "edited" not in prog.done:
-            html_text = render_card(card)
-            markup = card_keyboard(card, self.signer, chat)
-            await self.limiter.acquire(str(chat), edit=True)
-            try:
-                await self.bot.edit_message_text(
-                    chat_id=chat,
-                    message_id=card_id,
-                    text=html_text,
-                    parse_mode="HTML",
-                    reply_markup=markup,
-                )
-            except TelegramBadRequest as e:
-                if _has(e, NOT_MODIFIED):
-                    pass
-                elif _has(e, EDIT_TARGET_GONE):
-                    card_id = None  # deleted: post it anew below
-                else:
+        if card_id is not None:
+            shown = card_id
+
+            async def edit() -> bool:
+                """True: the card shows the current state; False: it was deleted."""
+                await self.limiter.acquire(str(chat), edit=True)
+                try:
+                    await self.bot.edit_message_text(
+                        chat_id=chat,
+                        message_id=shown,
+                        text=render_card(card),
+                        parse_mode="HTML",
+                        reply_markup=card_keyboard(card, self.signer, chat),
+                    )
+                except TelegramBadRequest as e:
+                    if _has(e, NOT_MODIFIED):
+                        return True
+                    if _has(e, EDIT_TARGET_GONE):
+                        return False  # deleted: post it anew below
                     raise
-            if card_id is not None:
-                prog.done["edited"] = True
+                return True
+
+            if await self._once(prog, "edited", edit, idempotent=True):
                 if topic is not None:
                     await self._rename(chat, topic, topic_name(card))
                 return
-        if card_id is not None:
-            return
+            card_id = None
         # First delivery, or the card message vanished.
         if item.links.get("card"):
             prog.drop.append("card")

@@ -1,8 +1,11 @@
 """Harness of the crash test (``tests/test_crash.py``): the bot as a killable process, a fake
 Slack that time-stamps every call, and a driver that re-delivers like Slack does.
 
-* :class:`BotProcess` runs ``firstline run`` (Slack HTTP mode) on one fixed port; each start
-  is a *life* with its own log file; :meth:`BotProcess.kill` sends SIGKILL.
+* :class:`BotProcess` runs ``firstline run`` (Slack HTTP mode, and Telegram long polling
+  against :class:`~tests.fakes.telegram_api.FakeTelegramAPI` when given one) on one fixed
+  port; each start is a *life* with its own log file; :meth:`BotProcess.kill` sends SIGKILL.
+  Telegram needs no re-delivery driver: the fake keeps every update until a ``getUpdates``
+  offset confirms it, as Telegram does.
 * :class:`StampedSlackApi` is :class:`~tests.fakes.slack_api.FakeSlackApi` whose recorded
   calls carry the monotonic time they arrived and the life of the bot that was running.
 * :class:`Deliverer` POSTs signed Events API / interactivity / command requests to the bot and
@@ -30,18 +33,33 @@ from urllib.parse import urlencode
 import aiohttp
 
 from tests.fakes.slack_api import ApiCall, FakeSlackApi, SlackRequests, event_body
+from tests.fakes.telegram_api import FakeTelegramAPI
 
 FIRSTLINE = Path(sys.executable).with_name("firstline")
 SECRET = "crash-test-signing-secret-0123456789"
 L2 = "C0CRASHL2"
+TG_L2 = -1009990001  # the Telegram desk: a forum, a topic per ticket
 
-# One category whose only checklist step escalates: the shortest way to a ticket.
+# Two categories whose only checklist step escalates (the shortest way to a ticket): Slack
+# users pick the first, routed to the Slack desk; Telegram users the second, routed to the
+# Telegram desk (see BotProcess.env).
 CATEGORIES = """\
 version: 1
 categories:
   - id: crash
     title: {en: Crash test, ru: Краш-тест}
     description: {en: A scripted problem, ru: Сценарий}
+    default_priority: normal
+    checklist:
+      - id: only
+        text: {en: "Nothing to check, really.", ru: "Проверять нечего."}
+        options:
+          - id: go
+            label: {en: "Escalate now", ru: "Передать сейчас"}
+            goto: escalate
+  - id: phone
+    title: {en: Phone drill, ru: Телефон}
+    description: {en: Another scripted problem, ru: Другой сценарий}
     default_priority: normal
     checklist:
       - id: only
@@ -192,6 +210,7 @@ class BotProcess:
     tmp_path: Path
     api: StampedSlackApi
     content: Path
+    telegram: FakeTelegramAPI | None = None
     port: int = field(default_factory=free_port)
     lives: list[Life] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
@@ -223,6 +242,15 @@ class BotProcess:
             FIRSTLINE_LOG_LEVEL="INFO",
             FIRSTLINE_DIGEST__ENABLED="false",
         )
+        if self.telegram is not None:
+            env.update(
+                TELEGRAM_BOT_TOKEN=self.telegram.token,
+                TELEGRAM_API_URL=self.telegram.url,
+                TELEGRAM_L2_CHAT_ID=str(TG_L2),
+                FIRSTLINE_ESCALATION__ROUTES=json.dumps(
+                    {"crash": f"slack:{L2}", "phone": f"telegram:{TG_L2}"}
+                ),
+            )
         return env
 
     def start(self) -> Life:

@@ -305,6 +305,23 @@ class ProcessedEvent(Base):
     processed_at: Mapped[datetime] = mapped_column(index=True)
 
 
+class Inbox(Base):
+    """A platform request acknowledged before its unit of work committed (the work ran past
+    the adapter's ack budget). Kept until that work is done; replayed after a crash, where
+    ``processed_events`` makes a replay of finished work a no-op."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (UniqueConstraint("channel", "event_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))  # the adapter's: which handler replays it
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+
+
 class Outbox(Base):
     """A platform call to make. Written in the same transaction as the change that needs it."""
 
@@ -325,6 +342,8 @@ class Outbox(Base):
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Delivery state (bot/outbox.py): {"done": {step: what the call returned}, "inflight":
+    # claimed and not yet recorded, "doubt": the next call may already have landed}.
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 

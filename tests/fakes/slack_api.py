@@ -3,7 +3,10 @@
 * :class:`FakeSlackApi` serves ``/api/<method>`` (form, query or JSON bodies, like the real
   Web API), records every call, keeps posted messages so ``chat.update`` can fail with
   ``message_not_found`` like Slack does, and injects faults (429 with ``Retry-After``,
-  API errors, 5xx). ``apps.connections.open`` hands out ``ws://127.0.0.1:<port>/link/``,
+  API errors, 5xx). Posted message ``metadata`` is kept and returned by
+  ``conversations.history`` / ``conversations.replies`` only with ``include_all_metadata``,
+  with the real methods' order (history newest first, replies oldest first), ``oldest`` /
+  ``latest`` / ``inclusive`` bounds and cursor pagination. ``apps.connections.open`` hands out ``ws://127.0.0.1:<port>/link/``,
   where the fake Socket Mode server says ``hello``, pushes envelopes and records acks.
 * :class:`SlackRequests` builds Events API, interactivity (``payload=``) and slash-command
   requests signed with the v0 HMAC scheme, to POST at the bot's ``/slack/events``.
@@ -46,6 +49,8 @@ class Fault:
     status: int = 429
     error: str = "ratelimited"
     retry_after: float | None = 1.0
+    after: bool = False  # Slack did the work, then the answer failed (a lost response)
+    match: Callable[[dict[str, Any]], bool] | None = None  # only calls with these params
 
 
 class FakeSlackApi:
@@ -72,6 +77,8 @@ class FakeSlackApi:
         self.responses: list[dict[str, Any]] = []  # posts to response_url
         self.faults: dict[str, list[Fault]] = {}
         self.holds: dict[str, asyncio.Event] = {}
+        # Seconds to wait before answering a call (method, params): a slow Slack.
+        self.delay: Callable[[str, dict[str, Any]], float] | None = None
         self.sockets: list[web.WebSocketResponse] = []
         self.socket_connects = 0
         self.socket_received: list[dict[str, Any]] = []
@@ -142,10 +149,14 @@ class FakeSlackApi:
         error: str = "ratelimited",
         retry_after: float | None = 1.0,
         times: int = 1,
+        after: bool = False,
+        match: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
-        """The next ``times`` calls of ``method`` fail like this."""
+        """The next ``times`` calls of ``method`` (whose params satisfy ``match``) fail like
+        this; with ``after`` the call is carried out first and only its answer fails (Slack
+        stored the message, the bot never heard)."""
         self.faults.setdefault(method, []).extend(
-            Fault(status, error, retry_after) for _ in range(times)
+            Fault(status, error, retry_after, after, match) for _ in range(times)
         )
 
     def hold(self, method: str) -> asyncio.Event:
@@ -169,6 +180,17 @@ class FakeSlackApi:
     def message(self, channel: str, ts: str) -> dict[str, Any]:
         """The current state of a posted (maybe updated) message."""
         return self.messages[(channel, ts)]
+
+    def add_message(
+        self, channel: str, user: str, text: str, *, thread_ts: str | None = None
+    ) -> str:
+        """A message a person wrote (so history reads see it); returns its ts."""
+        ts = self._next_ts()
+        msg: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": ts}
+        if thread_ts:
+            msg["thread_ts"] = thread_ts
+        self.messages[(channel, ts)] = msg
+        return ts
 
     async def wait_for(
         self, predicate: Callable[[], Any], within: float = 5.0, what: str = "condition"
@@ -276,9 +298,15 @@ class FakeSlackApi:
         gate = self.holds.get(method)
         if gate is not None:
             await gate.wait()
-        queued = self.faults.get(method)
+        if self.delay is not None and (pause := self.delay(method, params)) > 0:
+            await asyncio.sleep(pause)
+        queued = [f for f in self.faults.get(method) or [] if f.match is None or f.match(params)]
         if queued:
-            fault = queued.pop(0)
+            fault = queued[0]
+            self.faults[method].remove(fault)
+            handler = getattr(self, "_m_" + method.replace(".", "_"), None)
+            if fault.after and handler is not None:
+                handler(params)
             call.status = fault.status
             call.response = {"ok": False, "error": fault.error}
             headers = {}
@@ -315,19 +343,33 @@ class FakeSlackApi:
             return {"ok": False, "error": "channel_not_found"}
         if not p.get("text") and not p.get("blocks"):
             return {"ok": False, "error": "no_text"}
+        meta = p.get("metadata")
+        if meta is not None and not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("event_type"), str)
+            and isinstance(meta.get("event_payload"), dict)
+        ):
+            return {"ok": False, "error": "invalid_metadata_format"}
+        thread = p.get("thread_ts")
         ts = self._next_ts()
         msg = {
             "type": "message",
             "user": self.bot_user_id,
             "bot_id": self.bot_id,
+            "app_id": self.app_id,
             "ts": ts,
             "text": p.get("text", ""),
             "blocks": p.get("blocks") or [],
         }
-        if p.get("thread_ts"):
-            msg["thread_ts"] = p["thread_ts"]
+        if thread:
+            msg["thread_ts"] = thread
+            parent = self.messages.get((channel, str(thread)))
+            if parent is not None:
+                msg["parent_user_id"] = parent.get("user")
+        if meta is not None:
+            msg["metadata"] = meta
         self.messages[(channel, ts)] = msg
-        return {"ok": True, "channel": channel, "ts": ts, "message": msg}
+        return {"ok": True, "channel": channel, "ts": ts, "message": dict(msg)}
 
     def _m_chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
         key = (str(p.get("channel")), str(p.get("ts")))
@@ -353,6 +395,69 @@ class FakeSlackApi:
         if not users:
             return {"ok": False, "error": "users_list_not_supplied"}
         return {"ok": True, "channel": {"id": "D" + users.split(",")[0]}}
+
+    def _m_conversations_history(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Top-level messages (not thread replies), newest first."""
+        channel = str(p.get("channel") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        found = [
+            m
+            for (c, ts), m in self.messages.items()
+            if c == channel and (not m.get("thread_ts") or m.get("thread_ts") == ts)
+        ]
+        return self._page(found, p, newest_first=True)
+
+    def _m_conversations_replies(self, p: dict[str, Any]) -> dict[str, Any]:
+        """A thread: the parent, then its replies, oldest first."""
+        channel = str(p.get("channel") or "")
+        ts = str(p.get("ts") or "")
+        if (channel, ts) not in self.messages:
+            return {"ok": False, "error": "thread_not_found"}
+        found = [
+            m
+            for (c, mts), m in self.messages.items()
+            if c == channel and (mts == ts or m.get("thread_ts") == ts)
+        ]
+        return self._page(found, p, newest_first=False)
+
+    def _page(
+        self, found: list[dict[str, Any]], p: dict[str, Any], *, newest_first: bool
+    ) -> dict[str, Any]:
+        """Bounds, order, metadata and cursor pagination shared by history and replies."""
+
+        def key(ts: Any) -> float:
+            return float(str(ts))
+
+        inclusive = _truthy(p.get("inclusive"))
+        oldest, latest = p.get("oldest"), p.get("latest")
+        if oldest is not None:
+            found = [
+                m
+                for m in found
+                if key(m["ts"]) > key(oldest) or (inclusive and key(m["ts"]) == key(oldest))
+            ]
+        if latest is not None:
+            found = [
+                m
+                for m in found
+                if key(m["ts"]) < key(latest) or (inclusive and key(m["ts"]) == key(latest))
+            ]
+        found.sort(key=lambda m: key(m["ts"]), reverse=newest_first)
+        start = int(str(p.get("cursor") or "0").removeprefix("next:") or 0)
+        limit = int(p.get("limit") or (100 if newest_first else 1000))
+        page = found[start : start + limit]
+        with_meta = _truthy(p.get("include_all_metadata"))
+        messages = [
+            {k: v for k, v in m.items() if k != "metadata" or with_meta} for m in page
+        ]
+        more = start + limit < len(found)
+        return {
+            "ok": True,
+            "messages": messages,
+            "has_more": more,
+            "response_metadata": {"next_cursor": f"next:{start + limit}" if more else ""},
+        }
 
     def _m_conversations_members(self, p: dict[str, Any]) -> dict[str, Any]:
         channel = str(p.get("channel") or "")
@@ -391,6 +496,11 @@ class FakeSlackApi:
         body = await request.json()
         self.responses.append({"key": request.match_info["key"], **body})
         return web.Response(text="ok")
+
+
+def _truthy(value: Any) -> bool:
+    """A boolean Web API argument (``true``, ``1``, or a JSON true)."""
+    return value is True or str(value).lower() in ("1", "true")
 
 
 # ---------------------------------------------------------------------- signed requests
@@ -522,10 +632,13 @@ def dm_event(
     return ev
 
 
-def thread_reply(user: str, channel: str, thread_ts: str, text: str) -> dict[str, Any]:
-    """A ``message.channels`` event: ``user`` replies under ``thread_ts``."""
+def thread_reply(
+    user: str, channel: str, thread_ts: str, text: str, *, parent_user_id: str | None = None
+) -> dict[str, Any]:
+    """A ``message.channels`` event: ``user`` replies under ``thread_ts`` (Slack adds the
+    root's author as ``parent_user_id``)."""
     ts = new_ts()
-    return {
+    ev: dict[str, Any] = {
         "type": "message",
         "channel": channel,
         "channel_type": "channel",
@@ -535,6 +648,9 @@ def thread_reply(user: str, channel: str, thread_ts: str, text: str) -> dict[str
         "event_ts": ts,
         "thread_ts": thread_ts,
     }
+    if parent_user_id is not None:
+        ev["parent_user_id"] = parent_user_id
+    return ev
 
 
 def message_changed(
