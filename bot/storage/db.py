@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from bot.storage.sqlite_inline import begin_immediate, inline_url
+
 log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT = 30.0  # seconds a SQLite unit of work waits for another process's write
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -40,41 +45,62 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.sqlite = is_sqlite(url)
+        inline = inline_url(url) if self.sqlite else None
+        self.inline = inline is not None
         kwargs: dict[str, Any] = {"echo": echo}
         if self.sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT}
+            if self.inline:
+                # All calls happen in the loop's thread, but the pool may close a connection
+                # from a finaliser elsewhere.
+                kwargs["connect_args"]["check_same_thread"] = False
             db_path = make_url(url).database
             if db_path and db_path != ":memory:":
                 Path(db_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         else:
             kwargs["pool_pre_ping"] = True
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.engine: AsyncEngine = create_async_engine(inline or url, **kwargs)
         if self.sqlite:
             self._setup_sqlite()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time: units of work of this process queue here, in
+        # order, instead of polling the database lock.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.sqlite else None
 
     def _setup_sqlite(self) -> None:
         sync_engine = self.engine.sync_engine
+        inline = self.inline
 
         @event.listens_for(sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             # Let us issue BEGIN ourselves (pysqlite's implicit BEGIN is DEFERRED).
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            if inline:
+                # Never wait inside SQLite in the loop's thread: begin_immediate() waits
+                # with asyncio.sleep, and in WAL nothing after BEGIN IMMEDIATE waits.
+                cur.execute("PRAGMA busy_timeout=0")
             cur.close()
 
         @event.listens_for(sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if inline:
+                begin_immediate(conn, BUSY_TIMEOUT)
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A unit of work: commits once at the end, rolls back on any exception."""
-        async with self.sessions() as session, session.begin():
+        if self._write_lock is None:
+            async with self.sessions() as session, session.begin():
+                yield session
+            return
+        async with self._write_lock, self.sessions() as session, session.begin():
             yield session
 
     async def upgrade(self) -> None:
