@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
@@ -36,6 +36,35 @@ LOCK_FOR = timedelta(seconds=60)
 RECLAIM_EVERY = 5.0  # seconds between looks for rows left by a dead sender
 MAX_ATTEMPTS = 25
 TICKET_KINDS = ("ticket_card", "ticket_post", "agent_notice", "notify")
+
+# The statements of every pass, built once (building one costs more than running it on
+# SQLite) and run as plain Core: no ORM bookkeeping of the rows they change.
+_UNSENT = (
+    select(Outbox)
+    .where(
+        Outbox.status.in_(("pending", "sending")),
+        Outbox.channel.in_(bindparam("channels", expanding=True)),
+    )
+    .order_by(Outbox.id)
+    .limit(500)
+)
+_TAKE = (
+    update(Outbox)
+    .where(Outbox.id == bindparam("row"), Outbox.status == "pending")
+    .values(status="sending", locked_by=bindparam("worker"), locked_until=bindparam("until"))
+)
+_MARK_SENT = (
+    update(Outbox)
+    .where(Outbox.id == bindparam("row"))
+    .values(
+        status="sent",
+        sent_at=bindparam("at"),
+        locked_by=None,
+        locked_until=None,
+        attempts=bindparam("attempts"),
+        last_error=None,
+    )
+)
 
 
 @dataclass
@@ -143,19 +172,8 @@ class Dispatcher:
                     .values(status="pending", locked_by=None)
                 )
                 await self._reclaim_from_dead_workers(s)
-            channels = list(self.senders)
-            rows = list(
-                (
-                    await s.execute(
-                        select(Outbox)
-                        .where(
-                            Outbox.status.in_(("pending", "sending")), Outbox.channel.in_(channels)
-                        )
-                        .order_by(Outbox.id)
-                        .limit(500)
-                    )
-                ).scalars()
-            )
+            rows = list((await s.execute(_UNSENT, {"channels": list(self.senders)})).scalars())
+            conn = await s.connection()
             chosen: list[Outbox] = []
             blocked: set[tuple[str, str]] = set()
             for row in rows:
@@ -169,12 +187,10 @@ class Dispatcher:
                     continue
                 if row.status != "pending" or row.next_attempt_at > now:
                     continue
-                res = await s.execute(
-                    update(Outbox)
-                    .where(Outbox.id == row.id, Outbox.status == "pending")
-                    .values(status="sending", locked_by=self.worker_id, locked_until=now + LOCK_FOR)
+                res = await conn.execute(
+                    _TAKE, {"row": row.id, "worker": self.worker_id, "until": now + LOCK_FOR}
                 )
-                if getattr(res, "rowcount", 0) == 1:
+                if res.rowcount == 1:
                     chosen.append(row)
                 if len(chosen) >= limit:
                     break
@@ -290,17 +306,8 @@ class Dispatcher:
         if result.ok:
             if self.metrics is not None:
                 self.metrics.deliveries.labels(row.channel, "sent").inc()
-            await s.execute(
-                update(Outbox)
-                .where(Outbox.id == row.id)
-                .values(
-                    status="sent",
-                    sent_at=now,
-                    locked_by=None,
-                    locked_until=None,
-                    attempts=row.attempts + 1,
-                    last_error=None,
-                )
+            await (await s.connection()).execute(
+                _MARK_SENT, {"row": row.id, "at": now, "attempts": row.attempts + 1}
             )
             if result.drop_roles and row.ticket_id is not None:
                 stale = await s.execute(
