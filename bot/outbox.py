@@ -37,6 +37,7 @@ RECLAIM_EVERY = 5.0  # seconds between looks for rows left by a dead sender
 MAX_ATTEMPTS = 25
 TICKET_KINDS = ("ticket_card", "ticket_post", "agent_notice", "notify")
 
+_UNSENT_BATCH = 500  # unsent rows a claim looks at
 # The statements of every pass, built once (building one costs more than running it on
 # SQLite) and run as plain Core: no ORM bookkeeping of the rows they change.
 _UNSENT = (
@@ -46,7 +47,7 @@ _UNSENT = (
         Outbox.channel.in_(bindparam("channels", expanding=True)),
     )
     .order_by(Outbox.id)
-    .limit(500)
+    .limit(_UNSENT_BATCH)
 )
 _TAKE = (
     update(Outbox)
@@ -136,22 +137,28 @@ class Dispatcher:
         self.metrics: Metrics | None = None
         self._next_reclaim = 0.0
         self._wake = asyncio.Event()
+        self._more = False  # the last claim left due rows behind
 
     def wake(self) -> None:
         """Something was queued: deliver without waiting for the next poll."""
         self._wake.set()
 
     async def run_forever(self, stop: asyncio.Event, poll_seconds: float = 1.0) -> None:
-        """Deliver until ``stop`` is set; sleeps on an event, not a busy loop."""
+        """Deliver until ``stop`` is set; sleeps on an event, not a busy loop.
+
+        After a pass the next one starts at once only if the pass left due rows behind (a
+        target's next row, or more than it takes at a time); otherwise it waits for a wake,
+        which may have come during the pass, or for the poll (retries, other processes).
+        """
         while not stop.is_set():
+            self._wake.clear()  # what is queued from now on wakes the next pass
             try:
                 sent = await self.run_once()
             except Exception:
                 log.exception("outbox pass failed; retrying")
                 sent = 0
-            if sent:
+            if sent and self._more:
                 continue
-            self._wake.clear()
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             _done, pending = await asyncio.wait(
@@ -176,9 +183,11 @@ class Dispatcher:
             conn = await s.connection()
             chosen: list[Outbox] = []
             blocked: set[tuple[str, str]] = set()
+            self._more = len(rows) == _UNSENT_BATCH
             for row in rows:
                 key = (row.channel, row.target)
                 if key in blocked:
+                    self._more = True  # this target's next row, for a later pass
                     continue
                 blocked.add(key)  # only the oldest unsent row of a target may go
                 if self.target_filter is not None and not self.target_filter(
@@ -193,6 +202,7 @@ class Dispatcher:
                 if res.rowcount == 1:
                     chosen.append(row)
                 if len(chosen) >= limit:
+                    self._more = True
                     break
             return chosen
 

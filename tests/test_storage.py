@@ -380,3 +380,50 @@ async def test_a_turn_of_a_known_user_reads_its_rows_in_one_query(tmp_path: Path
     assert "Step 2" in mem.last("ann")
     assert len(selects) == 1, selects  # user, chat and conversation together
     await app.close()
+
+
+async def test_the_dispatcher_waits_for_a_wake_once_nothing_is_left_behind(db: Database) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    rec = _Recorder()
+    d = Dispatcher(db, clock, desk=None, senders={"memory": rec})  # type: ignore[arg-type]
+    claims = 0
+    claim = d._claim
+
+    async def counting(now: datetime, limit: int) -> list[Outbox]:
+        nonlocal claims
+        claims += 1
+        return await claim(now, limit)
+
+    d._claim = counting  # type: ignore[method-assign]
+
+    async def queue(*texts: str, target: str = "a") -> None:
+        async with db.transaction() as s:
+            for t in texts:
+                await enqueue(
+                    s, channel="memory", target=target, kind="message", payload={"text": t},
+                    now=clock.now(),
+                )
+        d.wake()
+
+    async def settle(seen: int = 0) -> None:
+        # Until ``seen`` rows were sent and then a while longer (aiosqlite hops threads).
+        for _ in range(500):
+            if len(rec.seen) >= seen:
+                break
+            await asyncio.sleep(0.002)
+        for _ in range(20):
+            await asyncio.sleep(0.002)
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(d.run_forever(stop, poll_seconds=3600))
+    await settle()
+    assert claims == 1  # the first pass found nothing and waits
+    await queue("one")
+    await settle(1)
+    # One pass delivered the row; nothing was left behind, so no second query.
+    assert rec.seen == [("a", "one")] and claims == 2
+    await queue("two", "three")  # two rows of one target: the second needs another pass
+    await settle(3)
+    assert [t for _, t in rec.seen] == ["one", "two", "three"] and claims == 4
+    stop.set()
+    await runner
