@@ -239,7 +239,7 @@ async def run_memory(args: argparse.Namespace, url: str, rss: list[tuple[float, 
     sender = BenchSender()
     dispatcher = app.dispatcher({"memory": sender})
     stop = asyncio.Event()
-    delivery = asyncio.create_task(dispatcher.run_forever(stop, poll_seconds=0.05))
+    delivery = asyncio.create_task(dispatcher.run_forever(stop))
     scripts = [Script(random.Random(n)) for n in range(args.users)]
     refs = [
         UserRef("memory", f"u{n}", display_name=f"User {n}", language_code="en")
@@ -356,7 +356,7 @@ async def run_telegram(
     channel = TelegramChannel(app, limits=RateLimits.unlimited(), polling_timeout=10)
     dispatcher = app.dispatcher({channel.name: channel.sender})
     stop = asyncio.Event()
-    delivery = asyncio.create_task(dispatcher.run_forever(stop, poll_seconds=0.05))
+    delivery = asyncio.create_task(dispatcher.run_forever(stop))
     await channel.start()
     sampler = asyncio.create_task(_sample_rss(rss, os.getpid()))
     cpu0 = time.process_time()
@@ -482,6 +482,7 @@ async def run(args: argparse.Namespace) -> None:
     elif url.startswith("postgresql"):
         await _reset_pg(url)
     rss: list[tuple[float, float]] = []
+    args.load_at_start = os.getloadavg()[0]
     runner = run_telegram if args.channel == "telegram" else run_memory
     res = await runner(args, url, rss)
     report(args, url, res, rss)
@@ -493,7 +494,8 @@ def report(
     """Print the figures of a run."""
     print(
         f"channel: {args.channel}  database: {url.split('://')[0]}  users: {args.users}  "
-        f"cpu: {os.cpu_count()}  load average at the end: {os.getloadavg()[0]:.2f}"
+        f"cpus: {os.cpu_count()}  load average (1 min) at the start {args.load_at_start:.2f}, "
+        f"at the end {os.getloadavg()[0]:.2f}"
     )
     rate = res.closed_turns / res.closed_seconds if res.closed_seconds else 0.0
     line = (
