@@ -427,3 +427,28 @@ async def test_the_dispatcher_waits_for_a_wake_once_nothing_is_left_behind(db: D
     assert [t for _, t in rec.seen] == ["one", "two", "three"] and claims == 4
     stop.set()
     await runner
+
+
+async def test_urgent_units_of_work_go_before_queued_ones(inline_db: Database) -> None:
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def work(name: str, *, urgent: bool = False, hold: bool = False) -> None:
+        async with inline_db.transaction(urgent=urgent) as s:
+            await s.execute(text("SELECT 1"))
+            order.append(name)
+            if hold:
+                await release.wait()
+
+    first = asyncio.create_task(work("first", hold=True))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(work(f"turn{i}")) for i in range(3)]
+    await asyncio.sleep(0)
+    outbox = asyncio.create_task(work("outbox", urgent=True))
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(work("gone"))
+    await asyncio.sleep(0)
+    cancelled.cancel()  # a waiter that gives up does not block the queue
+    release.set()
+    await asyncio.gather(first, *queued, outbox)
+    assert order == ["first", "outbox", "turn0", "turn1", "turn2"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,39 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT = 30.0  # seconds a SQLite unit of work waits for another process's write
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class WriteQueue:
+    """One writer at a time, first come first served, except that urgent writers go first."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, urgent: bool = False) -> None:
+        """Wait for the turn to write."""
+        if not self._busy and not self._urgent and not self._normal:
+            self._busy = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._normal).append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # it was handed over just as we were cancelled
+            raise
+
+    def release(self) -> None:
+        """Hand the turn to the next writer (urgent ones first), or free it."""
+        for queue in (self._urgent, self._normal):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._busy = False
 
 
 def is_sqlite(url: str) -> bool:
@@ -65,7 +99,7 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time: units of work of this process queue here, in
         # order, instead of polling the database lock.
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.sqlite else None
+        self._write_lock: WriteQueue | None = WriteQueue() if self.sqlite else None
 
     def _setup_sqlite(self) -> None:
         sync_engine = self.engine.sync_engine
@@ -94,14 +128,22 @@ class Database:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A unit of work: commits once at the end, rolls back on any exception."""
+    async def transaction(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
+        """A unit of work: commits once at the end, rolls back on any exception.
+
+        On SQLite an ``urgent`` one (the outbox's short bookkeeping) goes before the queued
+        others, so that delivery keeps up while events keep arriving.
+        """
         if self._write_lock is None:
             async with self.sessions() as session, session.begin():
                 yield session
             return
-        async with self._write_lock, self.sessions() as session, session.begin():
-            yield session
+        await self._write_lock.acquire(urgent)
+        try:
+            async with self.sessions() as session, session.begin():
+                yield session
+        finally:
+            self._write_lock.release()
 
     async def upgrade(self) -> None:
         """Apply Alembic migrations up to head (safe to call at every start)."""
