@@ -168,7 +168,7 @@ class Dispatcher:
                 task.cancel()
 
     async def _claim(self, now: datetime, limit: int) -> list[Outbox]:
-        async with self.db.transaction() as s:
+        async with self.db.transaction(urgent=True) as s:
             # Rows whose sender died mid-call go back to the queue: looked for on the first
             # pass and then every few seconds, not on every pass of a busy dispatcher.
             if time.monotonic() >= self._next_reclaim:
@@ -268,7 +268,7 @@ class Dispatcher:
         ticket_rows = [r for r in rows if r.kind in TICKET_KINDS and r.ticket_id is not None]
         if not ticket_rows:
             return items
-        async with self.db.transaction() as s:
+        async with self.db.transaction(urgent=True) as s:
             now = self.clock.now()
             for row in ticket_rows:
                 item = items[row.id]
@@ -306,7 +306,7 @@ class Dispatcher:
 
     async def _record(self, outcomes: list[tuple[Outbox, SendResult]]) -> None:
         now = self.clock.now()
-        async with self.db.transaction() as s:
+        async with self.db.transaction(urgent=True) as s:
             for row, result in outcomes:
                 await self._record_one(s, row, result, now)
 
