@@ -1,46 +1,64 @@
-"""Load and soak benchmark: simulated users through the real engine and outbox.
+"""Load and soak benchmark: simulated users through the real engine, outbox and adapter.
 
-    .venv/bin/python benchmarks/load.py                      # SQLite file, defaults
-    .venv/bin/python benchmarks/load.py --users 50 --seconds 120 --rate 100
-    .venv/bin/python benchmarks/load.py --db postgresql+asyncpg://postgres@127.0.0.1/test
+    .venv/bin/python benchmarks/load.py                         # memory channel, SQLite, ~5 min
+    .venv/bin/python benchmarks/load.py --channel telegram      # through the fake Bot API
+    .venv/bin/python benchmarks/load.py --quick                 # 10 s + 20 s, a smoke run
+    .venv/bin/python benchmarks/load.py --db sqlite+aiosqlite:///path/load.db
+    .venv/bin/python benchmarks/load.py --db postgresql+asyncpg://postgres@127.0.0.1/scratch
+
+Channels:
+* ``memory`` — events go straight to ``App.handle_user``; replies leave through the outbox
+  to an in-memory sender.
+* ``telegram`` — the real aiogram adapter (long polling, outbox sender, HTTP) against the
+  fake Bot API server of ``tests/fakes/telegram_api.py``. The fake and the simulated users
+  run in a child process, as Telegram and its users would be elsewhere; the bot process is
+  measured alone. The sender's rate limits are off (Telegram itself allows ~30 messages/s).
 
 Two phases:
-1. **throughput** — every user sends turns as fast as the engine answers (closed loop);
-   prints sustained dialog turns per second.
-2. **latency at a fixed rate** — turns are offered at ``--rate`` per second (open loop);
-   prints p50/p99 end-to-end turn latency (handle + delivery of the replies), the outbox lag
-   and the RSS growth between the first and the last 10% of the run.
+1. **throughput** (``--throughput-seconds``) — ``--concurrency`` users at a time each send
+   their next turn as soon as the bot answered the previous one (closed loop); prints dialog
+   turns per second and replies delivered per second while the outbox keeps up.
+2. **soak at a fixed rate** (``--seconds``) — turns offered at ``--rate`` per second (open
+   loop); prints p50/p99 of a turn (from the user's action to the bot's first reply in the
+   chat), the outbox lag (commit to delivery) and the bot process's RSS growth between the
+   first and the last tenth of the run.
 
-Each simulated user walks the real dialog: a question, the KB's answer or suggestions, a
-"didn't help", checklist steps, and a new request, over and over. The PostgreSQL run wipes
-the ``public`` schema of the given database first: use a scratch database.
+Each of ``--users`` simulated users walks the real dialog: a question, the KB's answer or
+suggestions, "didn't help", checklist steps, a cancel or a new request, over and over. A
+large population keeps each user at a human pace (the flood limit is 10 typed events per
+10 s). A PostgreSQL URL has its ``public`` schema wiped first: use a scratch database.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
-import itertools
+import multiprocessing as mp
 import os
 import random
-import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import text
+from pydantic import SecretStr
+from sqlalchemy import func, select, text
 
 from bot.app import App
 from bot.domain import UserEvent, UserRef
-from bot.outbox import OutboxItem, SendResult, outbox_stats
+from bot.outbox import OutboxItem, SendResult
 from bot.storage.db import Database
-from config.settings import DatabaseSettings, EscalationSettings, Settings
-from handlers.memory import MemorySender
+from bot.storage.models import Outbox
+from config.settings import DatabaseSettings, EscalationSettings, Settings, TelegramSettings
 
 QUESTIONS = [
     "I forgot my password",
@@ -52,69 +70,399 @@ QUESTIONS = [
     "не приходит письмо для сброса пароля",
     "впн очень медленный",
 ]
+REPLY_TIMEOUT = 60.0  # seconds a simulated user waits for an answer before giving up
 
 
-def rss_mb() -> float:
-    """Current resident set size in MB (Linux /proc, else the peak)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of a process in MB (Linux /proc)."""
+    with open(f"/proc/{pid or 'self'}/statm", encoding="ascii") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-class TimedSender(MemorySender):
-    """Records deliveries and wakes whoever waits for a reply to a user."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiters: dict[str, asyncio.Event] = {}
-
-    async def send(self, item: OutboxItem) -> SendResult:
-        """Deliver (in memory) and signal the user's waiter."""
-        result = await super().send(item)
-        waiter = self.waiters.get(item.target)
-        if waiter is not None:
-            waiter.set()
-        return result
+# ---------------------------------------------------------------------------- the users
 
 
-class SimUser:
-    """One user clicking through the dialog, reading the buttons it was sent."""
+@dataclass
+class Script:
+    """What one simulated user does next, given the buttons the bot last showed them."""
 
-    def __init__(self, app: App, sender: MemorySender, n: int, seq: itertools.count[int]) -> None:
-        self.app = app
-        self.sender = sender
-        self.name = f"load{n}"
-        self.ref = UserRef("memory", self.name, display_name=self.name, language_code="en")
-        self.seq = seq
-        self.rng = random.Random(n)
-        self.turns_in_request = 0
+    rng: random.Random
+    turns_in_request: int = 0
 
-    def _buttons(self) -> list[dict[str, str]]:
-        for d in reversed(self.sender.delivered):
-            if d.target == self.name and d.kind == "message" and d.buttons():
-                return d.buttons()
-        return []
-
-    def next_event(self) -> UserEvent:
-        """The next thing this user does, given what the bot last showed."""
-        eid = f"l{next(self.seq)}"
-        buttons = self._buttons()
+    def next(self, buttons: list[tuple[str, str]]) -> tuple[str, str]:
+        """``("text", words)``, ``("command", name)`` or ``("button", data)``."""
         self.turns_in_request += 1
         if self.turns_in_request > 6 or not buttons:
             self.turns_in_request = 0
             if self.rng.random() < 0.5:
-                return UserEvent("memory", eid, self.ref, self.name, "command", command="new")
-            return UserEvent(
-                "memory", eid, self.ref, self.name, "message", text=self.rng.choice(QUESTIONS)
-            )
-        choice = buttons[-1] if len(buttons) > 1 else buttons[0]
-        if any("Done" in b["label"] for b in buttons):
+                return "command", "new"
+            return "text", self.rng.choice(QUESTIONS)
+        if any("Done" in label for label, _ in buttons):
             # Leave without escalating: keeps the run about the dialog, not ticket growth.
-            return UserEvent("memory", eid, self.ref, self.name, "command", command="cancel")
-        return UserEvent("memory", eid, self.ref, self.name, "button", data=choice["data"])
+            return "command", "cancel"
+        return "button", buttons[-1][1] if len(buttons) > 1 else buttons[0][1]
+
+
+@dataclass
+class Results:
+    """What a run measured (both channels fill the same fields)."""
+
+    closed_turns: int = 0
+    closed_seconds: float = 0.0
+    closed_replies: int = 0
+    backlog_after_closed: int = 0
+    drain_seconds: float = 0.0
+    offered: int = 0
+    skipped: int = 0  # offered while every user was still waiting for an answer
+    open_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    timeouts: int = 0
+    refused: int = 0
+    bot_cpu_seconds: float = 0.0  # CPU time of the bot process over both phases
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank; 0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+class IdlePool:
+    """Users not waiting for an answer; a random one is taken in O(1)."""
+
+    def __init__(self, users: int, seed: int) -> None:
+        self.free = list(range(users))
+        self.rng = random.Random(seed)
+
+    def take(self) -> int | None:
+        """A random idle user (now busy), or ``None`` when every user waits."""
+        if not self.free:
+            return None
+        i = self.rng.randrange(len(self.free))
+        self.free[i], self.free[-1] = self.free[-1], self.free[i]
+        return self.free.pop()
+
+    def give_back(self, n: int) -> None:
+        """``n`` got its answer."""
+        self.free.append(n)
+
+
+async def closed_loop(
+    turn: Callable[[int], Awaitable[None]], users: int, concurrency: int, seconds: float
+) -> int:
+    """``concurrency`` workers each run turns of random idle users for ``seconds``."""
+    pool = IdlePool(users, 1)
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            n = pool.take()
+            assert n is not None  # fewer workers than users
+            try:
+                await turn(n)
+            finally:
+                pool.give_back(n)
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, users))))
+    return done
+
+
+async def open_loop(
+    turn: Callable[[int], Awaitable[None]], users: int, rate: float, seconds: float, res: Results
+) -> None:
+    """Offer a turn of a random idle user every ``1/rate`` seconds for ``seconds``."""
+    pool = IdlePool(users, 2)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(n: int) -> None:
+        try:
+            await turn(n)
+        finally:
+            pool.give_back(n)
+
+    start = time.perf_counter()
+    next_at = start
+    while next_at < start + seconds:
+        now = time.perf_counter()
+        if now < next_at:
+            await asyncio.sleep(next_at - now)
+        next_at += 1.0 / rate
+        res.offered += 1
+        n = pool.take()
+        if n is None:
+            res.skipped += 1
+            continue
+        task = asyncio.create_task(one(n))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    res.open_seconds = time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------- memory channel
+
+
+class BenchSender:
+    """The memory channel's delivery side, keeping only what the users need."""
+
+    channel = "memory"
+
+    def __init__(self) -> None:
+        self.buttons: dict[str, list[tuple[str, str]]] = {}
+        self.waiters: dict[str, asyncio.Future[float]] = {}
+        self.delivered = 0
+
+    async def send(self, item: OutboxItem) -> SendResult:
+        """Deliver in memory; wake the user waiting for a reply."""
+        self.delivered += 1
+        if item.kind == "message":
+            rows = item.payload.get("buttons") or []
+            flat = [(b["label"], b["data"]) for row in rows for b in row]
+            if flat:
+                self.buttons[item.target] = flat
+        waiter = self.waiters.pop(item.target, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(time.perf_counter())
+        return SendResult()
+
+
+async def run_memory(args: argparse.Namespace, url: str, rss: list[tuple[float, float]]) -> Results:
+    """Both phases through the in-memory channel."""
+    app = await App.create(_settings(url))
+    sender = BenchSender()
+    dispatcher = app.dispatcher({"memory": sender})
+    stop = asyncio.Event()
+    delivery = asyncio.create_task(dispatcher.run_forever(stop))
+    scripts = [Script(random.Random(n)) for n in range(args.users)]
+    refs = [
+        UserRef("memory", f"u{n}", display_name=f"User {n}", language_code="en")
+        for n in range(args.users)
+    ]
+    seq = iter(range(1, 10**12))
+    res = Results()
+    record = [False]
+
+    async def turn(n: int) -> None:
+        name = f"u{n}"
+        kind, value = scripts[n].next(sender.buttons.get(name, []))
+        eid = f"e{next(seq)}"
+        if kind == "text":
+            ev = UserEvent("memory", eid, refs[n], name, "message", text=value)
+        elif kind == "command":
+            ev = UserEvent("memory", eid, refs[n], name, "command", command=value)
+        else:
+            ev = UserEvent("memory", eid, refs[n], name, "button", data=value)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[float] = loop.create_future()
+        sender.waiters[name] = waiter
+        t0 = time.perf_counter()
+        result = await app.handle_user(ev)
+        committed = time.perf_counter()
+        if result.refused:  # a stale button or the flood limit: a toast, no message
+            sender.waiters.pop(name, None)
+            if record[0]:
+                res.refused += 1
+                res.latencies.append(committed - t0)
+            return
+        try:
+            at = await asyncio.wait_for(waiter, REPLY_TIMEOUT)
+        except TimeoutError:
+            res.timeouts += 1
+            return
+        if record[0]:
+            res.latencies.append(at - t0)
+            res.lags.append(at - committed)
+
+    sampler = asyncio.create_task(_sample_rss(rss, os.getpid()))
+    cpu0 = time.process_time()
+    delivered0 = sender.delivered
+    t0 = time.perf_counter()
+    res.closed_turns = await closed_loop(
+        turn, args.users, args.concurrency, args.throughput_seconds
+    )
+    res.closed_seconds = time.perf_counter() - t0
+    res.closed_replies = sender.delivered - delivered0
+    res.backlog_after_closed = await _backlog(app.db)
+    t1 = time.perf_counter()
+    while await _backlog(app.db):  # noqa: ASYNC110 (a database count, not an in-process flag)
+        await asyncio.sleep(0.05)
+    res.drain_seconds = time.perf_counter() - t1
+    record[0] = True
+    gc.collect()
+    await open_loop(turn, args.users, args.rate, args.seconds, res)
+    res.bot_cpu_seconds = time.process_time() - cpu0
+    sampler.cancel()
+    stop.set()
+    await delivery
+    await app.close()
+    return res
+
+
+async def _backlog(db: Database) -> int:
+    async with db.transaction() as s:
+        return int(
+            (
+                await s.execute(
+                    select(func.count()).where(Outbox.status.in_(("pending", "sending")))
+                )
+            ).scalar_one()
+        )
+
+
+async def _sample_rss(rss: list[tuple[float, float]], pid: int) -> None:
+    start = time.perf_counter()
+    while True:
+        rss.append((time.perf_counter() - start, rss_mb(pid)))
+        await asyncio.sleep(1.0)
+
+
+def _settings(url: str, **extra: Any) -> Settings:
+    return Settings(
+        database=DatabaseSettings(url=url),
+        escalation=EscalationSettings(default_destination="memory:l2"),
+        **extra,
+    )
+
+
+# ---------------------------------------------------------------------------- telegram
+
+
+async def run_telegram(
+    args: argparse.Namespace, url: str, rss: list[tuple[float, float]]
+) -> Results:
+    """Both phases through the aiogram adapter; the fake Bot API runs in a child process."""
+    from handlers.telegram import TelegramChannel
+    from handlers.telegram_sender import RateLimits
+
+    ctx = mp.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=telegram_side, args=(theirs, vars(args)), daemon=True)
+    child.start()
+    loop = asyncio.get_running_loop()
+    api_url, token = await loop.run_in_executor(None, ours.recv)
+    app = await App.create(
+        _settings(
+            url,
+            telegram=TelegramSettings(bot_token=SecretStr(token), api_url=api_url),
+        )
+    )
+    channel = TelegramChannel(app, limits=RateLimits.unlimited(), polling_timeout=10)
+    dispatcher = app.dispatcher({channel.name: channel.sender})
+    stop = asyncio.Event()
+    delivery = asyncio.create_task(dispatcher.run_forever(stop))
+    await channel.start()
+    sampler = asyncio.create_task(_sample_rss(rss, os.getpid()))
+    cpu0 = time.process_time()
+    ours.send("go")
+    res = Results(**await loop.run_in_executor(None, ours.recv))
+    res.bot_cpu_seconds = time.process_time() - cpu0
+    sampler.cancel()
+    await channel.stop()
+    stop.set()
+    await delivery
+    await channel.close()
+    await app.close()
+    ours.send("bye")
+    child.join(timeout=30)
+    return res
+
+
+def telegram_side(conn: Connection, options: dict[str, Any]) -> None:
+    """The child process: the fake Bot API and the simulated Telegram users."""
+    asyncio.run(_telegram_side(conn, argparse.Namespace(**options)))
+
+
+async def _telegram_side(conn: Connection, args: argparse.Namespace) -> None:
+    from tests.fakes.telegram_api import FakeChat, FakeMessage, FakeTelegramAPI
+
+    class BenchFake(FakeTelegramAPI):
+        """The fake, remembering each chat's newest keyboard and waking waiting users."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.keyboards: dict[int, FakeMessage] = {}
+            self.waiters: dict[int, asyncio.Future[float]] = {}
+            self.press_of: dict[str, int] = {}  # callback query id -> user id
+
+        def _store(self, chat: FakeChat, *a: Any, **kw: Any) -> FakeMessage:
+            msg = super()._store(chat, *a, **kw)
+            if msg.buttons():
+                self.keyboards[chat.id] = msg
+            self._wake(chat.id)
+            return msg
+
+        def api_answercallbackquery(self, p: dict[str, Any]) -> bool:
+            ok = super().api_answercallbackquery(p)
+            cid = str(p.get("callback_query_id"))
+            uid = self.press_of.pop(cid, None)
+            if uid is not None and p.get("text"):  # refused: the toast is the answer
+                self._wake(uid)
+            return ok
+
+        def _wake(self, chat_id: int) -> None:
+            waiter = self.waiters.pop(chat_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(time.perf_counter())
+
+    fake = BenchFake()
+    await fake.start()
+    conn.send((fake.url, fake.token))
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, conn.recv)  # "go"
+    users = [fake.user(10_000 + n, f"User{n}", language_code="en") for n in range(args.users)]
+    scripts = [Script(random.Random(n)) for n in range(args.users)]
+    res = Results()
+    record = [False]
+    replies = [0]
+
+    async def turn(n: int) -> None:
+        user = users[n]
+        kb = fake.keyboards.get(user.id)
+        buttons = [(b["text"], b["callback_data"]) for b in kb.buttons()] if kb else []
+        kind, value = scripts[n].next(buttons)
+        waiter: asyncio.Future[float] = loop.create_future()
+        fake.waiters[user.id] = waiter
+        t0 = time.perf_counter()
+        if kind == "text":
+            fake.send_text(user, value)
+        elif kind == "command":
+            fake.send_text(user, f"/{value}")
+        else:
+            assert kb is not None
+            update = fake.press_data(user, kb, value)
+            fake.press_of[update["callback_query"]["id"]] = user.id
+        try:
+            at = await asyncio.wait_for(waiter, REPLY_TIMEOUT)
+        except TimeoutError:
+            res.timeouts += 1
+            return
+        replies[0] += 1
+        if record[0]:
+            res.latencies.append(at - t0)
+        fake.calls.clear()  # the fake's call log would grow for the whole run
+
+    t0 = time.perf_counter()
+    res.closed_turns = await closed_loop(
+        turn, args.users, args.concurrency, args.throughput_seconds
+    )
+    res.closed_seconds = time.perf_counter() - t0
+    res.closed_replies = replies[0]
+    await asyncio.sleep(2.0)  # let the outbox finish the closed loop's last replies
+    record[0] = True
+    await open_loop(turn, args.users, args.rate, args.seconds, res)
+    conn.send(asdict(res))
+    await loop.run_in_executor(None, conn.recv)  # "bye": the bot has stopped polling
+    await fake.close()
+
+
+# ---------------------------------------------------------------------------- main
 
 
 async def _reset_pg(url: str) -> None:
@@ -130,121 +478,85 @@ async def run(args: argparse.Namespace) -> None:
     url = args.db
     if url is None:
         folder = Path(tempfile.mkdtemp(prefix="firstline-load-"))
-        url = f"sqlite+aiosqlite:///{folder / 'load.db'}"
+        url = f"sqlite:///{folder / 'load.db'}"
     elif url.startswith("postgresql"):
         await _reset_pg(url)
-    settings = Settings(
-        database=DatabaseSettings(url=url),
-        escalation=EscalationSettings(default_destination="memory:l2"),
-    )
-    app = await App.create(settings)
-    sender = TimedSender()
-    dispatcher = app.dispatcher({"memory": sender})
-    seq = itertools.count(1)
-    users = [SimUser(app, sender, n, seq) for n in range(args.users)]
-    stop = asyncio.Event()
-    delivery = asyncio.create_task(dispatcher.run_forever(stop, poll_seconds=0.05))
-
-    # Phase 1: closed loop, as fast as it goes.
-    turns = 0
-    deadline = time.perf_counter() + args.throughput_seconds
-
-    async def closed(u: SimUser) -> None:
-        nonlocal turns
-        while time.perf_counter() < deadline:
-            await app.handle_user(u.next_event())
-            turns += 1
-            # Keep the user's view current, like a client waiting for the reply.
-            await asyncio.sleep(0)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(closed(u) for u in users))
-    elapsed = time.perf_counter() - t0
-    print(f"database: {url.split('://')[0]}  users: {args.users}")
-    print(
-        f"throughput (closed loop, {elapsed:.0f} s): {turns / elapsed:.0f} dialog turns/s "
-        f"({turns} turns)"
-    )
-
-    # Phase 2: open loop at a fixed rate; latency = handle + delivery of the replies.
-    latencies: list[float] = []
-    lags: list[float] = []
     rss: list[tuple[float, float]] = []
-    sent_before = len(sender.delivered)
-    interval = 1.0 / args.rate
-    start = time.perf_counter()
-    end = start + args.seconds
-    busy: set[str] = set()
-    tasks: set[asyncio.Task[None]] = set()
+    args.load_at_start = os.getloadavg()[0]
+    runner = run_telegram if args.channel == "telegram" else run_memory
+    res = await runner(args, url, rss)
+    report(args, url, res, rss)
 
-    async def one(u: SimUser) -> None:
-        # A turn ends when the first reply reaches the user's chat through the outbox.
-        t = time.perf_counter()
-        busy.add(u.name)
-        waiter = sender.waiters[u.name] = asyncio.Event()
-        try:
-            result = await app.handle_user(u.next_event())
-            if not result.refused:  # a stale button is answered by a toast, not a message
-                await asyncio.wait_for(waiter.wait(), timeout=60)
-            await asyncio.sleep(0.02)  # let the rest of the reply batch land
-        finally:
-            busy.discard(u.name)
-        latencies.append(time.perf_counter() - t - 0.02)
 
-    i = 0
-    next_at = start
-    last_sample = 0.0
-    gc.collect()
-    while time.perf_counter() < end:
-        now = time.perf_counter()
-        if now < next_at:
-            await asyncio.sleep(next_at - now)
-        next_at += interval
-        free = [u for u in users if u.name not in busy]
-        if free:
-            task = asyncio.create_task(one(free[i % len(free)]))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        i += 1
-        if time.perf_counter() - last_sample >= 1.0:
-            last_sample = time.perf_counter()
-            rss.append((last_sample - start, rss_mb()))
-            stats = await outbox_stats(app.db, app.clock.now())
-            lags.append(float(stats["lag_seconds"]))
-    await asyncio.gather(*tasks)
-    stop.set()
-    await delivery
-    await dispatcher.drain()
-    ran = time.perf_counter() - start
-    latencies.sort()
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    tenth = max(1, len(rss) // 10)
-    early = statistics.mean(m for _, m in rss[:tenth])
-    late = statistics.mean(m for _, m in rss[-tenth:])
+def report(
+    args: argparse.Namespace, url: str, res: Results, rss: list[tuple[float, float]]
+) -> None:
+    """Print the figures of a run."""
     print(
-        f"open loop at {args.rate}/s for {ran:.0f} s: {len(latencies)} turns, "
-        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        f"channel: {args.channel}  database: {url.split('://')[0]}  users: {args.users}  "
+        f"cpus: {os.cpu_count()}  load average (1 min) at the start {args.load_at_start:.2f}, "
+        f"at the end {os.getloadavg()[0]:.2f}"
     )
+    rate = res.closed_turns / res.closed_seconds if res.closed_seconds else 0.0
+    line = (
+        f"throughput (closed loop, {args.concurrency} at a time, {res.closed_seconds:.0f} s): "
+        f"{rate:.0f} dialog turns/s ({res.closed_turns} turns, "
+        f"{res.closed_replies / max(res.closed_seconds, 1e-9):.0f} replies/s delivered)"
+    )
+    if args.channel == "memory":
+        line += (
+            f"; outbox backlog at the end {res.backlog_after_closed} rows, "
+            f"drained in {res.drain_seconds:.1f} s"
+        )
+    print(line)
+    turns = len(res.latencies)
     print(
-        f"outbox lag: max {max(lags, default=0):.2f} s, mean {statistics.mean(lags or [0]):.2f} s;"
-        f" messages delivered {len(sender.delivered) - sent_before}"
+        f"open loop at {args.rate:g}/s for {res.open_seconds:.0f} s: {turns} turns measured "
+        f"({res.offered} offered, {res.skipped} skipped with every user busy, "
+        f"{res.timeouts} without an answer in {REPLY_TIMEOUT:.0f} s, {res.refused} refused); "
+        f"turn p50 {1000 * pct(res.latencies, 0.5):.1f} ms, "
+        f"p99 {1000 * pct(res.latencies, 0.99):.1f} ms, "
+        f"max {1000 * max(res.latencies, default=0):.0f} ms"
     )
-    print(
-        f"RSS: {early:.0f} MB early, {late:.0f} MB late, growth {100 * (late - early) / early:.1f}%"
-    )
-    await app.close()
+    total = res.closed_turns + res.offered - res.skipped
+    if res.bot_cpu_seconds and total:
+        per_turn = res.bot_cpu_seconds / total
+        print(
+            f"bot process CPU: {1000 * per_turn:.2f} ms per turn ({res.bot_cpu_seconds:.0f} s "
+            f"for {total} turns), i.e. at most {1 / per_turn:.0f} turns/s on one free core"
+        )
+    if res.lags:
+        print(
+            f"outbox lag (commit to delivery): p50 {1000 * pct(res.lags, 0.5):.1f} ms, "
+            f"p99 {1000 * pct(res.lags, 0.99):.1f} ms, max {1000 * max(res.lags):.0f} ms"
+        )
+    if rss:
+        tenth = max(1, len(rss) // 10)
+        early = statistics.mean(m for _, m in rss[:tenth])
+        late = statistics.mean(m for _, m in rss[-tenth:])
+        print(
+            f"bot process RSS: {early:.0f} MB in the first tenth of the run, {late:.0f} MB in "
+            f"the last, growth {100 * (late - early) / early:.1f}% "
+            f"(peak {max(m for _, m in rss):.0f} MB)"
+        )
 
 
 def main() -> None:
     """Command-line entry."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--db", help="database URL (default: a temporary SQLite file)")
-    p.add_argument("--users", type=int, default=50)
-    p.add_argument("--throughput-seconds", type=float, default=30)
-    p.add_argument("--seconds", type=float, default=180, help="open-loop phase length")
-    p.add_argument("--rate", type=float, default=50, help="offered turns per second")
-    asyncio.run(run(p.parse_args()))
+    p.add_argument("--channel", choices=("memory", "telegram"), default="memory")
+    p.add_argument("--db", help="database URL (default: a new SQLite file, sqlite:///)")
+    p.add_argument("--users", type=int, default=2000, help="simulated users")
+    p.add_argument("--concurrency", type=int, default=64, help="users at a time, closed loop")
+    p.add_argument("--throughput-seconds", type=float, default=60, help="closed-loop phase")
+    p.add_argument("--seconds", type=float, default=240, help="fixed-rate (soak) phase")
+    p.add_argument("--rate", type=float, default=100, help="offered turns per second")
+    p.add_argument("--quick", action="store_true", help="10 s + 20 s: a smoke run")
+    args = p.parse_args()
+    if args.quick:
+        args.throughput_seconds, args.seconds = 10.0, 20.0
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,14 @@ from bot.storage.models import (
     Ticket,
     User,
 )
-from bot.storage.repo import claim_event, enqueue, get_or_create_user, log_event
+from bot.storage.repo import (
+    claim_event,
+    enqueue,
+    get_or_create_user,
+    log_event,
+    refresh_user,
+    turn_rows,
+)
 from config.categories import (
     DEFAULT_OPTION_IDS,
     GOTO_ESCALATE,
@@ -182,12 +189,22 @@ class DialogEngine:
             return result
 
     async def _begin(self, s: AsyncSession, ev: UserEvent, now: datetime) -> Turn:
-        user = await get_or_create_user(s, ev.user, now)
+        known = await turn_rows(s, ev.user, ev.chat_id) if self.db.sqlite else None
+        conv: Conversation | None = None
+        if known is not None:
+            # SQLite: user, chat and conversation in one query (the transaction already
+            # holds the database's write lock, so no row lock is needed).
+            user, chat, conv = known
+            refresh_user(user, ev.user, now)
+        else:
+            user = await get_or_create_user(s, ev.user, now)
+            stmt = select(Chat).where(Chat.channel == ev.channel, Chat.chat_key == ev.chat_id)
+            if not self.db.sqlite:
+                stmt = stmt.with_for_update()  # one event per chat at a time across processes
+            chat = (await s.execute(stmt)).scalar_one_or_none()
+            if chat is not None and chat.conversation_id:
+                conv = await s.get(Conversation, chat.conversation_id)
         await self.desk.mark_reachable(s, user)  # they wrote: they have unblocked the bot
-        stmt = select(Chat).where(Chat.channel == ev.channel, Chat.chat_key == ev.chat_id)
-        if not self.db.sqlite:
-            stmt = stmt.with_for_update()  # one event per chat at a time across processes
-        chat = (await s.execute(stmt)).scalar_one_or_none()
         if chat is None:
             chat = Chat(
                 channel=ev.channel,
@@ -202,7 +219,6 @@ class DialogEngine:
         lang = user.language or pick_lang(
             user.platform_language, self.settings.dialog.default_language
         )
-        conv = await s.get(Conversation, chat.conversation_id) if chat.conversation_id else None
         if conv is None:
             conv = await self._new_conversation(s, user, chat, lang, now)
         chat.updated_at = now

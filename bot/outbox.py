@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
@@ -46,6 +46,41 @@ MAX_ATTEMPTS = 25
 TICKET_KINDS = ("ticket_card", "ticket_post", "agent_notice", "notify")
 
 T = TypeVar("T")
+_UNSENT_BATCH = 500  # unsent rows a claim looks at
+# The statements of every pass, built once (building one costs more than running it on
+# SQLite) and run as plain Core: no ORM bookkeeping of the rows they change.
+_UNSENT = (
+    select(Outbox)
+    .where(
+        Outbox.status.in_(("pending", "sending")),
+        Outbox.channel.in_(bindparam("channels", expanding=True)),
+    )
+    .order_by(Outbox.id)
+    .limit(_UNSENT_BATCH)
+)
+_TAKE = (
+    update(Outbox)
+    .where(Outbox.id == bindparam("row"), Outbox.status == "pending")
+    .values(
+        status="sending",
+        locked_by=bindparam("worker"),
+        locked_until=bindparam("until"),
+        result=bindparam("result"),
+    )
+)
+_MARK_SENT = (
+    update(Outbox)
+    .where(Outbox.id == bindparam("row"))
+    .values(
+        status="sent",
+        sent_at=bindparam("at"),
+        locked_by=None,
+        locked_until=None,
+        attempts=bindparam("attempts"),
+        last_error=None,
+        result=bindparam("result"),
+    )
+)
 
 
 @dataclass
@@ -182,22 +217,28 @@ class Dispatcher:
         self.metrics: Metrics | None = None
         self._next_reclaim = 0.0
         self._wake = asyncio.Event()
+        self._more = False  # the last claim left due rows behind
 
     def wake(self) -> None:
         """Something was queued: deliver without waiting for the next poll."""
         self._wake.set()
 
     async def run_forever(self, stop: asyncio.Event, poll_seconds: float = 1.0) -> None:
-        """Deliver until ``stop`` is set; sleeps on an event, not a busy loop."""
+        """Deliver until ``stop`` is set; sleeps on an event, not a busy loop.
+
+        After a pass the next one starts at once only if the pass left due rows behind (a
+        target's next row, or more than it takes at a time); otherwise it waits for a wake,
+        which may have come during the pass, or for the poll (retries, other processes).
+        """
         while not stop.is_set():
+            self._wake.clear()  # what is queued from now on wakes the next pass
             try:
                 sent = await self.run_once()
             except Exception:
                 log.exception("outbox pass failed; retrying")
                 sent = 0
-            if sent:
+            if sent and self._more:
                 continue
-            self._wake.clear()
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             _done, pending = await asyncio.wait(
@@ -208,7 +249,7 @@ class Dispatcher:
 
     async def _claim(self, now: datetime, limit: int) -> list[tuple[Outbox, bool]]:
         """Claim due rows; each with whether its previous attempt may have sent something."""
-        async with self.db.transaction() as s:
+        async with self.db.transaction(urgent=True) as s:
             # Rows whose sender died mid-call go back to the queue: looked for on the first
             # pass and then every few seconds, not on every pass of a busy dispatcher.
             if time.monotonic() >= self._next_reclaim:
@@ -219,24 +260,15 @@ class Dispatcher:
                     .values(status="pending", locked_by=None)
                 )
                 await self._reclaim_from_dead_workers(s)
-            channels = list(self.senders)
-            rows = list(
-                (
-                    await s.execute(
-                        select(Outbox)
-                        .where(
-                            Outbox.status.in_(("pending", "sending")), Outbox.channel.in_(channels)
-                        )
-                        .order_by(Outbox.id)
-                        .limit(500)
-                    )
-                ).scalars()
-            )
+            rows = list((await s.execute(_UNSENT, {"channels": list(self.senders)})).scalars())
+            conn = await s.connection()
             chosen: list[tuple[Outbox, bool]] = []
             blocked: set[tuple[str, str]] = set()
+            self._more = len(rows) == _UNSENT_BATCH
             for row in rows:
                 key = (row.channel, row.target)
                 if key in blocked:
+                    self._more = True  # this target's next row, for a later pass
                     continue
                 blocked.add(key)  # only the oldest unsent row of a target may go
                 if self.target_filter is not None and not self.target_filter(
@@ -248,21 +280,20 @@ class Dispatcher:
                 state = dict(row.result or {})
                 # Still marked in flight: the attempt that claimed it last never recorded.
                 doubt = bool(state.get("inflight") or state.get("doubt"))
-                res = await s.execute(
-                    update(Outbox)
-                    .where(Outbox.id == row.id, Outbox.status == "pending")
-                    .values(
-                        status="sending",
-                        locked_by=self.worker_id,
-                        locked_until=now + LOCK_FOR,
+                res = await conn.execute(
+                    _TAKE,
+                    {
+                        "row": row.id,
+                        "worker": self.worker_id,
+                        "until": now + LOCK_FOR,
                         # The durable "attempt started" marker, cleared by the record.
-                        result={**state, "inflight": True},
-                    )
-                    .execution_options(synchronize_session=False)
+                        "result": {**state, "inflight": True},
+                    },
                 )
-                if getattr(res, "rowcount", 0) == 1:
+                if res.rowcount == 1:
                     chosen.append((row, doubt))
                 if len(chosen) >= limit:
+                    self._more = True
                     break
             return chosen
 
@@ -343,7 +374,7 @@ class Dispatcher:
         ticket_rows = [r for r in rows if r.kind in TICKET_KINDS and r.ticket_id is not None]
         if not ticket_rows:
             return items
-        async with self.db.transaction() as s:
+        async with self.db.transaction(urgent=True) as s:
             now = self.clock.now()
             for row in ticket_rows:
                 item = items[row.id]
@@ -381,7 +412,7 @@ class Dispatcher:
 
     async def _record(self, outcomes: list[tuple[Outbox, OutboxItem, SendResult]]) -> None:
         now = self.clock.now()
-        async with self.db.transaction() as s:
+        async with self.db.transaction(urgent=True) as s:
             for row, item, result in outcomes:
                 await self._record_one(s, row, item, result, now)
 
@@ -396,19 +427,14 @@ class Dispatcher:
         if result.ok:
             if self.metrics is not None:
                 self.metrics.deliveries.labels(row.channel, "sent").inc()
-            await s.execute(
-                update(Outbox)
-                .where(Outbox.id == row.id)
-                .values(
-                    status="sent",
-                    sent_at=now,
-                    locked_by=None,
-                    locked_until=None,
-                    attempts=row.attempts + 1,
-                    last_error=None,
-                    result={"done": item.done} if item.done else None,
-                )
-                .execution_options(synchronize_session=False)
+            await (await s.connection()).execute(
+                _MARK_SENT,
+                {
+                    "row": row.id,
+                    "at": now,
+                    "attempts": row.attempts + 1,
+                    "result": {"done": item.done} if item.done else None,
+                },
             )
             if result.drop_roles and row.ticket_id is not None:
                 stale = await s.execute(

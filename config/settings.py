@@ -69,9 +69,10 @@ class Section(BaseModel):
 
 
 class DatabaseSettings(Section):
-    """Where the state lives. SQLite by default; PostgreSQL via ``postgresql+asyncpg://``."""
+    """Where the state lives. SQLite by default (``sqlite:///`` runs it in the event loop's
+    thread, ``sqlite+aiosqlite:///`` in aiosqlite's); PostgreSQL via ``postgresql+asyncpg://``."""
 
-    url: str = "sqlite+aiosqlite:///firstline.db"
+    url: str = "sqlite:///firstline.db"
     echo: bool = False
 
 

@@ -70,9 +70,10 @@ def clock() -> FakeClock:
     return FakeClock(datetime(2026, 1, 12, 7, 0, tzinfo=UTC))
 
 
-def sqlite_url(tmp_path: Path, name: str = "firstline.db") -> str:
-    """A file SQLite database in the test's folder."""
-    return f"sqlite+aiosqlite:///{tmp_path / name}"
+def sqlite_url(tmp_path: Path, name: str = "firstline.db", driver: str = "") -> str:
+    """A file SQLite database in the test's folder (``driver="aiosqlite"`` for aiosqlite)."""
+    scheme = f"sqlite+{driver}" if driver else "sqlite"
+    return f"{scheme}:///{tmp_path / name}"
 
 
 # FIRSTLINE_TEST_DB=postgresql runs the app-level tests on PostgreSQL (FIRSTLINE_TEST_PG_URL

@@ -193,3 +193,34 @@ async def test_postgresql_connections_dropped_and_refused(
         await app.close()
         await proxy.close()
         await _pg_admin(drop)
+
+
+@pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set")
+async def test_a_silent_postgresql_connection_fails_the_unit_of_work_instead_of_hanging(
+    clock: FakeClock, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that swallows requests without a reset (a dead NAT entry, a frozen
+    server) must end in DatabaseUnavailable after the command timeout, not hang the event."""
+    import bot.storage.db as db_module
+
+    monkeypatch.setattr(db_module, "PG_COMMAND_TIMEOUT", 0.5)
+    worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
+    name = f"firstline_stall_{worker}"
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    await _pg_admin(drop, f'CREATE DATABASE "{name}"')
+    url = make_url(PG_URL).set(database=name)
+    proxy = await FaultyProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    app = await App.create(_settings(proxied), clock)
+    try:
+        await app.handle_user(_ann("st-1", "hello"))  # a pooled connection exists now
+        proxy.set_mode("stall")
+        with pytest.raises(DatabaseUnavailable):
+            await asyncio.wait_for(app.handle_user(_ann("st-2", "printer jam")), 20)
+        proxy.set_mode("pass")
+        res = await app.handle_user(_ann("st-2", "printer jam"))  # the platform re-delivers
+        assert not res.duplicate and not res.refused
+    finally:
+        await app.close()
+        await proxy.close()
+        await _pg_admin(drop)

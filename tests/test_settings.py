@@ -12,7 +12,7 @@ from config.settings import load_settings, parse_duration
 
 def test_defaults_use_a_sqlite_file_and_the_bundled_content() -> None:
     s = load_settings(None)
-    assert s.database.url.startswith("sqlite+aiosqlite:///")
+    assert s.database.url.startswith("sqlite:///")
     assert s.kb.folder().is_dir()
     assert s.content.path("categories").is_file()
     assert s.telegram.bot_token is None and s.slack.bot_token is None

@@ -8,6 +8,8 @@ database first: point it at a scratch database only.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,12 +17,15 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
 from bot.app import App
 from bot.clock import FakeClock
+from bot.domain import UserEvent
 from bot.outbox import Dispatcher, OutboxItem, SendResult
+from bot.storage import db as db_module
 from bot.storage.db import Database
 from bot.storage.models import Base, Conversation, Event, Outbox, Ticket
 from bot.storage.repo import claim_event, enqueue, log_event, next_value
@@ -33,6 +38,7 @@ pytestmark = pytest.mark.xdist_group("postgresql")
 
 BACKENDS = [
     "sqlite",
+    "sqlite+aiosqlite",
     pytest.param(
         "postgresql", marks=pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set")
     ),
@@ -50,8 +56,8 @@ async def _wipe_pg(url: str) -> None:
 @pytest.fixture(params=BACKENDS)
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh empty database of each backend."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path)
+    if request.param.startswith("sqlite"):
+        yield sqlite_url(tmp_path, driver=request.param.partition("+")[2])
         return
     await _wipe_pg(PG_URL)
     yield PG_URL
@@ -229,3 +235,220 @@ async def test_first_claim_wins_under_concurrency(db_url: str) -> None:
         owner = (await s.execute(select(Ticket.owner_key))).scalar_one()
     assert owner is not None
     await app.close()
+
+
+# ---------------------------------------------------------------- SQLite in the loop's thread
+
+
+@pytest.fixture
+async def inline_db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated SQLite file opened with the default ``sqlite:///`` URL."""
+    database = Database(sqlite_url(tmp_path))
+    await database.upgrade()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def test_plain_sqlite_urls_run_statements_in_the_loops_thread(
+    inline_db: Database, tmp_path: Path
+) -> None:
+    threads: set[int] = set()
+
+    def record(*_args: object) -> None:
+        threads.add(threading.get_ident())
+
+    event.listen(inline_db.engine.sync_engine, "before_cursor_execute", record)
+    async with inline_db.transaction() as s:
+        await log_event(s, "probe", actor="test", at=datetime(2026, 3, 1, tzinfo=UTC))
+        assert (await s.execute(select(Event.kind))).scalar_one() == "probe"
+    async with inline_db.engine.connect() as conn:  # AsyncConnection works too
+        assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    assert threads == {threading.get_ident()}
+
+    aio = Database(sqlite_url(tmp_path, "aio.db", driver="aiosqlite"))
+    assert not aio.inline and inline_db.inline
+    await aio.dispose()
+
+
+async def test_a_writer_of_another_process_is_waited_for_without_blocking_the_loop(
+    inline_db: Database, tmp_path: Path
+) -> None:
+    other = sqlite3.connect(tmp_path / "firstline.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def write() -> None:
+        async with inline_db.transaction() as s:
+            await log_event(s, "probe", actor="test", at=datetime(2026, 3, 1, tzinfo=UTC))
+
+    tick_task = asyncio.create_task(ticker())
+    writer = asyncio.create_task(write())
+    for _ in range(50):
+        await asyncio.sleep(0.001)
+    assert not writer.done()  # still waiting for the lock ...
+    assert ticks > 50  # ... while the loop keeps running other work
+    other.execute("COMMIT")
+    await asyncio.wait_for(writer, timeout=5)
+    tick_task.cancel()
+    other.close()
+    async with inline_db.transaction() as s:
+        assert (await s.execute(select(Event.kind))).scalar_one() == "probe"
+
+
+async def test_waiting_for_another_process_gives_up_after_the_busy_timeout(
+    inline_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT", 0.05)
+    other = sqlite3.connect(tmp_path / "firstline.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            async with inline_db.transaction() as s:
+                await s.execute(text("SELECT 1"))
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    async with inline_db.transaction() as s:  # the connection is usable again
+        assert (await s.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+@pytest.mark.parametrize("driver", ["", "aiosqlite"])
+async def test_units_of_work_of_one_process_queue_before_touching_sqlite(
+    tmp_path: Path, driver: str
+) -> None:
+    database = Database(sqlite_url(tmp_path, driver=driver))
+    await database.upgrade()
+    checkouts = 0
+
+    def count(*_args: object) -> None:
+        nonlocal checkouts
+        checkouts += 1
+
+    event.listen(database.engine.sync_engine, "checkout", count)
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with database.transaction() as s:
+            await s.execute(text("SELECT 1"))
+            await release.wait()
+
+    async def second() -> None:
+        async with database.transaction() as s:
+            await s.execute(text("SELECT 1"))
+
+    t1 = asyncio.create_task(first())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    t2 = asyncio.create_task(second())
+    for _ in range(20):
+        await asyncio.sleep(0.001)
+    # The second waits in the process before it takes a connection, not in SQLite's busy
+    # handler or a retry loop.
+    assert checkouts == 1 and not t2.done()
+    release.set()
+    await asyncio.gather(t1, t2)
+    assert checkouts == 2
+    await database.dispose()
+
+
+async def test_a_turn_of_a_known_user_reads_its_rows_in_one_query(tmp_path: Path) -> None:
+    clock = FakeClock(datetime(2026, 1, 12, 7, tzinfo=UTC))
+    app = await App.create(_settings(sqlite_url(tmp_path)), clock)
+    mem = MemoryChannel(app)
+    await mem.command("ann", "start")
+    await mem.press("ann", "Network")
+    selects: list[str] = []
+
+    def record(_conn: object, _cur: object, statement: str, *_rest: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    data = mem.messages("ann")[-1].buttons()[1]["data"]  # "Didn't help" on step 1
+    event.listen(app.db.engine.sync_engine, "before_cursor_execute", record)
+    press = UserEvent("memory", "e-step", mem.user("ann"), "ann", "button", data=data)
+    await app.handle_user(press)
+    event.remove(app.db.engine.sync_engine, "before_cursor_execute", record)
+    await mem.deliver()
+    assert "Step 2" in mem.last("ann")
+    assert len(selects) == 1, selects  # user, chat and conversation together
+    await app.close()
+
+
+async def test_the_dispatcher_waits_for_a_wake_once_nothing_is_left_behind(db: Database) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    rec = _Recorder()
+    d = Dispatcher(db, clock, desk=None, senders={"memory": rec})  # type: ignore[arg-type]
+    claims = 0
+    claim = d._claim
+
+    async def counting(now: datetime, limit: int) -> list[Outbox]:
+        nonlocal claims
+        claims += 1
+        return await claim(now, limit)
+
+    d._claim = counting  # type: ignore[method-assign]
+
+    async def queue(*texts: str, target: str = "a") -> None:
+        async with db.transaction() as s:
+            for t in texts:
+                await enqueue(
+                    s, channel="memory", target=target, kind="message", payload={"text": t},
+                    now=clock.now(),
+                )
+        d.wake()
+
+    async def settle(seen: int = 0) -> None:
+        # Until ``seen`` rows were sent and then a while longer (aiosqlite hops threads).
+        for _ in range(500):
+            if len(rec.seen) >= seen:
+                break
+            await asyncio.sleep(0.002)
+        for _ in range(20):
+            await asyncio.sleep(0.002)
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(d.run_forever(stop, poll_seconds=3600))
+    await settle()
+    assert claims == 1  # the first pass found nothing and waits
+    await queue("one")
+    await settle(1)
+    # One pass delivered the row; nothing was left behind, so no second query.
+    assert rec.seen == [("a", "one")] and claims == 2
+    await queue("two", "three")  # two rows of one target: the second needs another pass
+    await settle(3)
+    assert [t for _, t in rec.seen] == ["one", "two", "three"] and claims == 4
+    stop.set()
+    await runner
+
+
+async def test_urgent_units_of_work_go_before_queued_ones(inline_db: Database) -> None:
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def work(name: str, *, urgent: bool = False, hold: bool = False) -> None:
+        async with inline_db.transaction(urgent=urgent) as s:
+            await s.execute(text("SELECT 1"))
+            order.append(name)
+            if hold:
+                await release.wait()
+
+    first = asyncio.create_task(work("first", hold=True))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(work(f"turn{i}")) for i in range(3)]
+    await asyncio.sleep(0)
+    outbox = asyncio.create_task(work("outbox", urgent=True))
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(work("gone"))
+    await asyncio.sleep(0)
+    cancelled.cancel()  # a waiter that gives up does not block the queue
+    release.set()
+    await asyncio.gather(first, *queued, outbox)
+    assert order == ["first", "outbox", "turn0", "turn1", "turn2"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,9 +21,47 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from bot.storage.sqlite_inline import begin_immediate, inline_url
+
 log = logging.getLogger(__name__)
 
+PG_COMMAND_TIMEOUT = 60.0  # seconds before a PostgreSQL statement counts as failed
+BUSY_TIMEOUT = 30.0  # seconds a SQLite unit of work waits for another process's write
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class WriteQueue:
+    """One writer at a time, first come first served, except that urgent writers go first."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, urgent: bool = False) -> None:
+        """Wait for the turn to write."""
+        if not self._busy and not self._urgent and not self._normal:
+            self._busy = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._normal).append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # it was handed over just as we were cancelled
+            raise
+
+    def release(self) -> None:
+        """Hand the turn to the next writer (urgent ones first), or free it."""
+        for queue in (self._urgent, self._normal):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._busy = False
 
 
 def is_sqlite(url: str) -> bool:
@@ -38,44 +78,80 @@ class Database:
     """
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
+        # Seconds a SQLite unit of work waits for another process's write lock (read when a
+        # connection is made and at every BEGIN, so tests can shorten it).
+        self.busy_timeout = BUSY_TIMEOUT
         self.url = url
         self.sqlite = is_sqlite(url)
+        inline = inline_url(url) if self.sqlite else None
+        self.inline = inline is not None
         kwargs: dict[str, Any] = {"echo": echo}
         if self.sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT}
+            if self.inline:
+                # All calls happen in the loop's thread, but the pool may close a connection
+                # from a finaliser elsewhere.
+                kwargs["connect_args"]["check_same_thread"] = False
             db_path = make_url(url).database
             if db_path and db_path != ":memory:":
                 Path(db_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         else:
             kwargs["pool_pre_ping"] = True
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+            if make_url(url).get_driver_name() == "asyncpg":
+                # A connection that goes silent (no reset) must fail the unit of work, which
+                # is then retried, rather than hang it: asyncpg has no timeout by default.
+                kwargs["connect_args"] = {"command_timeout": PG_COMMAND_TIMEOUT}
+        self.engine: AsyncEngine = create_async_engine(inline or url, **kwargs)
         if self.sqlite:
             self._setup_sqlite()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time: units of work of this process queue here, in
+        # order, instead of polling the database lock.
+        self._write_lock: WriteQueue | None = WriteQueue() if self.sqlite else None
 
     def _setup_sqlite(self) -> None:
         sync_engine = self.engine.sync_engine
+        inline = self.inline
 
         @event.listens_for(sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             # Let us issue BEGIN ourselves (pysqlite's implicit BEGIN is DEFERRED).
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            if inline:
+                # Never wait inside SQLite in the loop's thread: begin_immediate() waits
+                # with asyncio.sleep, and in WAL nothing after BEGIN IMMEDIATE waits.
+                cur.execute("PRAGMA busy_timeout=0")
             cur.close()
 
         @event.listens_for(sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if inline:
+                begin_immediate(conn, self.busy_timeout)
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A unit of work: commits once at the end, rolls back on any exception."""
-        async with self.sessions() as session, session.begin():
-            yield session
+    async def transaction(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
+        """A unit of work: commits once at the end, rolls back on any exception.
+
+        On SQLite an ``urgent`` one (the outbox's short bookkeeping) goes before the queued
+        others, so that delivery keeps up while events keep arriving.
+        """
+        if self._write_lock is None:
+            async with self.sessions() as session, session.begin():
+                yield session
+            return
+        await self._write_lock.acquire(urgent)
+        try:
+            async with self.sessions() as session, session.begin():
+                yield session
+        finally:
+            self._write_lock.release()
 
     async def upgrade(self) -> None:
         """Apply Alembic migrations up to head (safe to call at every start)."""

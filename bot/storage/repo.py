@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Executable, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.domain import UserRef
-from bot.storage.models import Base, Counter, Event, Outbox, ProcessedEvent, User
+from bot.storage.models import (
+    Base,
+    Chat,
+    Conversation,
+    Counter,
+    Event,
+    Outbox,
+    ProcessedEvent,
+    User,
+)
+
+
+# Statements on the path of every event are built once: building and hashing a statement
+# costs more than running it on SQLite.
+@cache
+def _insert_ignore(dialect: str, model: type[Base], columns: tuple[str, ...]) -> Executable:
+    ins = sqlite_insert if dialect == "sqlite" else pg_insert
+    return ins(model).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing()
+
+
+_TURN_ROWS = (
+    select(User, Chat, Conversation)
+    .select_from(User)
+    .outerjoin(Chat, (Chat.channel == bindparam("channel")) & (Chat.chat_key == bindparam("chat")))
+    .outerjoin(Conversation, Conversation.id == Chat.conversation_id)
+    .where(User.channel == bindparam("channel"), User.external_id == bindparam("user"))
+)
 
 
 async def insert_once(s: AsyncSession, model: type[Base], **values: Any) -> bool:
@@ -24,9 +51,10 @@ async def insert_once(s: AsyncSession, model: type[Base], **values: Any) -> bool
     """
     dialect = s.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
-        ins = sqlite_insert if dialect == "sqlite" else pg_insert
-        res = await s.execute(ins(model).values(**values).on_conflict_do_nothing())
-        return bool(getattr(res, "rowcount", 0) == 1)
+        stmt = _insert_ignore(dialect, model, tuple(values))
+        # Core execution: the ORM's bulk path would hide the row count.
+        res = await (await s.connection()).execute(stmt, values)
+        return res.rowcount == 1
     try:
         async with s.begin_nested():
             await s.execute(insert(model).values(**values))
@@ -42,6 +70,10 @@ async def claim_event(s: AsyncSession, channel: str, event_id: str, now: datetim
     )
 
 
+_INSERT_EVENT = insert(Event)
+_INSERT_OUTBOX = insert(Outbox)
+
+
 async def log_event(
     s: AsyncSession,
     kind: str,
@@ -52,16 +84,21 @@ async def log_event(
     conversation_id: int | None = None,
     **data: Any,
 ) -> None:
-    """Append to the event log (who, when, what)."""
-    s.add(
-        Event(
-            at=at,
-            kind=kind,
-            actor=actor,
-            ticket_id=ticket_id,
-            conversation_id=conversation_id,
-            data=data,
-        )
+    """Append to the event log (who, when, what).
+
+    Written at once with a plain INSERT (no ORM object: nothing reads it back in the unit
+    of work, and the ORM's flush would cost more than the statement).
+    """
+    await (await s.connection()).execute(
+        _INSERT_EVENT,
+        {
+            "at": at,
+            "kind": kind,
+            "actor": actor,
+            "ticket_id": ticket_id,
+            "conversation_id": conversation_id,
+            "data": data,
+        },
     )
 
 
@@ -74,21 +111,26 @@ async def enqueue(
     payload: dict[str, Any],
     now: datetime,
     ticket_id: int | None = None,
-) -> Outbox:
-    """Queue a platform call; it is sent after the unit of work commits."""
-    row = Outbox(
-        channel=channel,
-        target=target,
-        kind=kind,
-        payload=payload,
-        ticket_id=ticket_id,
-        status="pending",
-        attempts=0,
-        next_attempt_at=now,
-        created_at=now,
+) -> None:
+    """Queue a platform call; it is sent after the unit of work commits.
+
+    Rows are inserted at once, in call order: the dispatcher sends a target's rows in id
+    order.
+    """
+    await (await s.connection()).execute(
+        _INSERT_OUTBOX,
+        {
+            "channel": channel,
+            "target": target,
+            "kind": kind,
+            "payload": payload,
+            "ticket_id": ticket_id,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        },
     )
-    s.add(row)
-    return row
 
 
 async def next_value(s: AsyncSession, name: str, start: int) -> int:
@@ -110,6 +152,24 @@ async def next_value(s: AsyncSession, name: str, start: int) -> int:
         except IntegrityError:
             continue  # another process created it first; increment theirs
     raise RuntimeError(f"could not allocate a value of counter {name!r}")
+
+
+async def turn_rows(
+    s: AsyncSession, ref: UserRef, chat_key: str
+) -> tuple[User, Chat | None, Conversation | None] | None:
+    """A known user with their chat ``chat_key`` and its current conversation, in one query.
+
+    ``None`` when the user is new. No row lock: for SQLite, whose transactions already hold
+    the database's write lock (``BEGIN IMMEDIATE``).
+    """
+    row = (
+        await s.execute(
+            _TURN_ROWS, {"channel": ref.channel, "user": ref.user_id, "chat": chat_key}
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return row[0], row[1], row[2]
 
 
 async def get_or_create_user(s: AsyncSession, ref: UserRef, now: datetime) -> User:
@@ -135,6 +195,12 @@ async def get_or_create_user(s: AsyncSession, ref: UserRef, now: datetime) -> Us
         s.add(user)
         await s.flush()
         return user
+    refresh_user(user, ref, now)
+    return user
+
+
+def refresh_user(user: User, ref: UserRef, now: datetime) -> None:
+    """Take the platform's current name, username, language and time zone of ``user``."""
     changed = False
     if ref.display_name and user.display_name != ref.display_name[:200]:
         user.display_name = ref.display_name[:200]
@@ -150,4 +216,3 @@ async def get_or_create_user(s: AsyncSession, ref: UserRef, now: datetime) -> Us
         changed = True
     if changed:
         user.updated_at = now
-    return user

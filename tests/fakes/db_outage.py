@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 from types import TracebackType
-from typing import Any
-
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from bot.storage.db import Database
@@ -61,11 +58,5 @@ class SqliteLock:
 async def short_busy_timeout(db: Database, ms: int = 30) -> None:
     """Make ``db`` give up on a locked file after ``ms`` (new connections, from now on)."""
     assert db.sqlite
-
-    @event.listens_for(db.engine.sync_engine, "connect")
-    def _short(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={int(ms)}")
-        cur.close()
-
+    db.busy_timeout = ms / 1000
     await db.engine.dispose()  # pooled connections were made with the long timeout
