@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from bot.app import App
 from bot.clock import FakeClock
@@ -75,49 +80,139 @@ def sqlite_url(tmp_path: Path, name: str = "firstline.db") -> str:
     return f"sqlite+aiosqlite:///{tmp_path / name}"
 
 
-# FIRSTLINE_TEST_DB=postgresql runs the app-level tests on PostgreSQL (FIRSTLINE_TEST_PG_URL
-# names the server): each xdist worker gets its own database, wiped before every test.
+# FIRSTLINE_TEST_DB=postgresql runs every test that uses ``database_url`` on PostgreSQL
+# (FIRSTLINE_TEST_PG_URL names the server and a database to connect to for admin work).
 TEST_DB = os.environ.get("FIRSTLINE_TEST_DB", "sqlite")
 
 
-async def _worker_pg_url(worker: str) -> str:
-    import asyncpg
-    from sqlalchemy.engine import make_url
+class PgDatabases:
+    """The PostgreSQL databases of one test worker.
 
-    from bot.storage.db import Database
+    Each is created on first use and dropped when the worker ends. Names carry the test
+    run's id and the xdist worker, so parallel runs from several checkouts on one server
+    never touch each other's data; a run killed before its end leaves ``fl_test_*``
+    databases behind, which are safe to drop by hand.
+    """
 
-    base = make_url(PG_URL)
-    name = f"firstline_test_{worker}".replace("-", "_")
-    conn = await asyncpg.connect(
-        user=base.username or "postgres", host=base.host or "127.0.0.1",
-        port=base.port or 5432, database=base.database or "postgres",
-    )
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = base.set(database=name).render_as_string(hide_password=False)
-    db = Database(url)
-    from sqlalchemy import text
+    def __init__(self, server_url: str, run_id: str, worker: str) -> None:
+        self.server = make_url(server_url)
+        self.prefix = f"fl_test_{run_id}_{worker}".replace("-", "_").lower()
+        self.created: set[str] = set()
 
-    async with db.engine.begin() as c:
-        await c.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        await c.execute(text("CREATE SCHEMA public"))
-    await db.dispose()
-    return url
+    def _dsn(self, database: str) -> str:
+        return self.server.set(drivername="postgresql", database=database).render_as_string(
+            hide_password=False
+        )
+
+    def url(self, database: str) -> str:
+        """The SQLAlchemy URL of one of our databases."""
+        return self.server.set(database=database).render_as_string(hide_password=False)
+
+    async def clean(self, slot: str = "main", *, empty: bool = False) -> str:
+        """The URL of database ``slot``, with no rows left by an earlier test.
+
+        A schema already at the migration head keeps its tables and loses only its rows
+        and sequence positions (milliseconds, where re-creating it takes about a second);
+        any other schema, or ``empty=True``, is dropped, so the app migrates it afresh.
+        """
+        name = f"{self.prefix}_{slot}"
+        if name not in self.created:
+            admin = await asyncpg.connect(self._dsn(self.server.database or "postgres"))
+            try:
+                if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                    await admin.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await admin.close()
+            self.created.add(name)
+        conn = await asyncpg.connect(self._dsn(name))
+        try:
+            at_head = False
+            if not empty and await conn.fetchval("SELECT to_regclass('public.alembic_version')"):
+                version = await conn.fetchval("SELECT version_num FROM alembic_version")
+                at_head = version == _migration_head()
+            if at_head:
+                tables = await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                    " AND tablename <> 'alembic_version'"
+                )
+                async with conn.transaction():
+                    # Foreign keys are not checked while the rows go, in any order.
+                    await conn.execute("SET LOCAL session_replication_role = replica")
+                    await conn.execute(
+                        ";".join(f'DELETE FROM "{r["tablename"]}"' for r in tables)
+                    )
+                    await conn.execute(
+                        "SELECT setval(oid, 1, false) FROM pg_class"
+                        " WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace"
+                    )
+            else:
+                await conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
+        finally:
+            await conn.close()
+        return self.url(name)
+
+    async def drop_all(self) -> None:
+        """Drop every database this worker created."""
+        if not self.created:
+            return
+        admin = await asyncpg.connect(self._dsn(self.server.database or "postgres"))
+        try:
+            for name in sorted(self.created):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        self.created.clear()
+
+
+@functools.cache
+def _migration_head() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    from bot.storage.db import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+@pytest.fixture(scope="session")
+def pg_databases(request: pytest.FixtureRequest) -> Iterator[PgDatabases | None]:
+    """This worker's PostgreSQL databases, or None without FIRSTLINE_TEST_PG_URL."""
+    if not PG_URL:
+        yield None
+        return
+    workerinput = getattr(request.config, "workerinput", {})
+    run_id = str(workerinput.get("testrunuid", uuid.uuid4().hex))[:10]
+    dbs = PgDatabases(PG_URL, run_id, str(workerinput.get("workerid", "main")))
+    yield dbs
+    asyncio.run(dbs.drop_all())
 
 
 @pytest.fixture
-async def database_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """The database of one test: a SQLite file, or a fresh PostgreSQL database."""
+async def database_url(tmp_path: Path, pg_databases: PgDatabases | None) -> str:
+    """The database of one test: a SQLite file, or with FIRSTLINE_TEST_DB=postgresql this
+    worker's PostgreSQL database, emptied. Child processes get it as DATABASE_URL."""
     if TEST_DB != "postgresql":
         return sqlite_url(tmp_path)
-    if not PG_URL:
+    if pg_databases is None:
         pytest.skip("FIRSTLINE_TEST_DB=postgresql needs FIRSTLINE_TEST_PG_URL")
-    worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
-    return await _worker_pg_url(worker)
+    return await pg_databases.clean()
+
+
+@pytest.fixture
+async def postgresql_url(pg_databases: PgDatabases | None) -> str:
+    """An empty PostgreSQL database (no schema) whatever FIRSTLINE_TEST_DB says, for tests
+    that are about PostgreSQL itself; skipped without FIRSTLINE_TEST_PG_URL."""
+    if pg_databases is None:
+        pytest.skip("FIRSTLINE_TEST_PG_URL not set")
+    return await pg_databases.clean("fresh", empty=True)
+
+
+@pytest.fixture
+def process_env(database_url: str) -> dict[str, str]:
+    """The environment of a `firstline` child process: ours without platform settings, with
+    the test's database, so the child and the test share it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "SLACK_"))}
+    env["DATABASE_URL"] = database_url
+    return env
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Storage contract: the same suite on SQLite always, and on PostgreSQL when one is given.
 
 Set ``FIRSTLINE_TEST_PG_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/test`` (``.ci/run``
-does when the server answers). The PostgreSQL run wipes the ``public`` schema of that
-database first: point it at a scratch database only.
+does when the server answers): each test worker then creates its own databases on that
+server next to the one named and drops them at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from bot.app import App
@@ -26,10 +26,7 @@ from bot.storage.models import Base, Conversation, Event, Outbox, Ticket
 from bot.storage.repo import claim_event, enqueue, log_event, next_value
 from config.settings import DatabaseSettings, EscalationSettings, Settings
 from handlers.memory import MemoryChannel
-from tests.conftest import PG_URL, sqlite_url
-
-# The PostgreSQL variants wipe one shared scratch database: never two at once.
-pytestmark = pytest.mark.xdist_group("postgresql")
+from tests.conftest import PG_URL, PgDatabases, sqlite_url
 
 BACKENDS = [
     "sqlite",
@@ -39,22 +36,16 @@ BACKENDS = [
 ]
 
 
-async def _wipe_pg(url: str) -> None:
-    db = Database(url)
-    async with db.engine.begin() as conn:
-        await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        await conn.execute(text("CREATE SCHEMA public"))
-    await db.dispose()
-
-
 @pytest.fixture(params=BACKENDS)
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh empty database of each backend."""
+async def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_databases: PgDatabases | None
+) -> str:
+    """A fresh empty database of each backend, whatever FIRSTLINE_TEST_DB says: this
+    contract is what both backends must agree on."""
     if request.param == "sqlite":
-        yield sqlite_url(tmp_path)
-        return
-    await _wipe_pg(PG_URL)
-    yield PG_URL
+        return sqlite_url(tmp_path)
+    assert pg_databases is not None
+    return await pg_databases.clean("fresh", empty=True)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The Telegram adapter against the fake Bot API server: fixtures and a small driver.
 
-Tests run the real app on a fresh SQLite file, the real :class:`TelegramChannel` (aiogram,
+Tests run the real app on the test's fresh database, the real :class:`TelegramChannel` (aiogram,
 real HTTP to 127.0.0.1), and step it deterministically: ``poll_once`` fetches and commits
 what the fake has queued, ``drain`` delivers the outbox — no sleeping on real time.
 """
@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from bot.app import App
 from bot.clock import FakeClock
 from bot.content import load_content as load_content_orig
 from bot.outbox import Dispatcher
-from bot.storage.db import Database
+from bot.storage.db import Database, is_sqlite
 from config.settings import DatabaseSettings, EscalationSettings, Settings, TelegramSettings
 from handlers.telegram import TelegramChannel
 from handlers.telegram_sender import RateLimits
@@ -56,8 +57,14 @@ def _fast_content(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app_module, "build_kb", build_kb)
 
 
-async def migrated_db(tmp_path: Path) -> str:
-    """A migrated SQLite file for this test, copied from a template migrated once."""
+async def migrated_db(database_url: str) -> str:
+    """``database_url`` migrated: a SQLite file is copied from a template migrated once;
+    PostgreSQL is migrated in place (a no-op once this worker's schema is at head)."""
+    if not is_sqlite(database_url):
+        db = Database(database_url)
+        await db.upgrade()
+        await db.dispose()
+        return database_url
     template = _CACHE.get("db")
     if template is None:
         folder = Path(tempfile.mkdtemp(prefix="firstline-tg-"))
@@ -66,9 +73,10 @@ async def migrated_db(tmp_path: Path) -> str:
         await db.upgrade()
         await db.dispose()
         _CACHE["db"] = template
-    target = tmp_path / "tg.db"
+    target = make_url(database_url).database
+    assert target is not None
     shutil.copyfile(template, target)
-    return f"sqlite+aiosqlite:///{target}"
+    return database_url
 
 
 @pytest.fixture
@@ -82,11 +90,11 @@ async def fake() -> AsyncIterator[FakeTelegramAPI]:
         await api.close()
 
 
-def tg_settings(tmp_path: Path, fake: FakeTelegramAPI, **telegram: Any) -> Settings:
+def tg_settings(fake: FakeTelegramAPI, database_url: str, **telegram: Any) -> Settings:
     """Settings that route tickets to ``telegram:<L2>`` through the fake."""
     esc = telegram.pop("escalation", None) or EscalationSettings()
     return Settings(
-        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'tg.db'}"),
+        database=DatabaseSettings(url=database_url),
         telegram=TelegramSettings(
             bot_token=SecretStr(fake.token),
             api_url=fake.url,
@@ -202,14 +210,15 @@ def thread_of(msg: FakeMessage) -> int:
 
 
 @pytest.fixture
-async def make_tg(fake: FakeTelegramAPI, tmp_path: Path, clock: FakeClock) -> AsyncIterator[MakeTg]:
+async def make_tg(
+    fake: FakeTelegramAPI, database_url: str, clock: FakeClock
+) -> AsyncIterator[MakeTg]:
     """Build a driver: ``await make_tg(forum=True, consultants=[...])``."""
     made: list[Tg] = []
 
     async def build(*, forum: bool = False, **telegram: Any) -> Tg:
         fake.add_group(L2, "L2 desk", forum=forum)
-        settings = tg_settings(tmp_path, fake, **telegram)
-        settings.database.url = await migrated_db(tmp_path)
+        settings = tg_settings(fake, await migrated_db(database_url), **telegram)
         app = await App.create(settings, clock, migrate=False)
         channel = TelegramChannel(app, limits=RateLimits.unlimited(), album_window=0.2)
         dispatcher = app.dispatcher({channel.name: channel.sender})

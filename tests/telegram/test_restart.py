@@ -4,18 +4,20 @@ environment variables; SIGKILLed mid-flow twice and restarted: nothing lost, not
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
+from bot.storage.db import Database
+from bot.storage.models import Outbox
 from tests.fakes.telegram_api import FakeTelegramAPI, FakeUser
 from tests.telegram.conftest import L2
 
@@ -51,31 +53,31 @@ class Proc:
             self.out.close()
 
 
-def _unlock_inflight(db: Path) -> None:
+async def _unlock_inflight(database_url: str) -> None:
     """A row the killed process was sending stays locked for the dispatcher's LOCK_FOR
     (60 s) before the next process re-sends it — core behaviour; here we let that time pass."""
-    with sqlite3.connect(db) as con:
-        con.execute(
-            "UPDATE outbox SET locked_until = '2000-01-01 00:00:00.000000' WHERE status = 'sending'"
-        )
+    db = Database(database_url)
+    try:
+        async with db.transaction() as s:
+            await s.execute(
+                update(Outbox)
+                .where(Outbox.status == "sending")
+                .values(locked_until=datetime(2000, 1, 1, tzinfo=UTC))
+            )
+    finally:
+        await db.dispose()
 
 
 @pytest.mark.skipif(not FIRSTLINE.exists(), reason="the firstline script is not installed")
 async def test_kill_and_restart_loses_and_duplicates_nothing(
-    fake: FakeTelegramAPI, tmp_path: Path
+    fake: FakeTelegramAPI, tmp_path: Path, process_env: dict[str, str]
 ) -> None:
     fake.add_group(L2, "L2 desk", forum=True)
-    db = tmp_path / "run.db"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("FIRSTLINE_", "TELEGRAM_", "SLACK_", "DATABASE_"))
-    }
+    env = dict(process_env)
     env.update(
         TELEGRAM_BOT_TOKEN=fake.token,
         TELEGRAM_API_URL=fake.url,
         TELEGRAM_L2_CHAT_ID=str(L2),
-        DATABASE_URL=f"sqlite+aiosqlite:///{db}",
         FIRSTLINE_HTTP_HOST="127.0.0.1",
         FIRSTLINE_HTTP_PORT=str(_free_port()),
         FIRSTLINE_LOG_LEVEL="INFO",
@@ -174,7 +176,7 @@ async def test_kill_and_restart_loses_and_duplicates_nothing(
         )
         proc.kill()
         fake.clear_faults()
-        _unlock_inflight(db)
+        await _unlock_inflight(env["DATABASE_URL"])
         proc = Proc(env, log)
         await until(
             lambda: all(
