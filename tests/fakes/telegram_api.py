@@ -176,6 +176,16 @@ class Fault:
 
 
 @dataclass
+class Hold:
+    """A call kept waiting until the test releases it: a slow platform."""
+
+    method: str
+    chat_id: int | None
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class FakeChat:
     """A chat the fake knows."""
 
@@ -273,6 +283,7 @@ class FakeTelegramAPI:
         self.webhook: dict[str, Any] | None = None
         self.commands: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        self.holds: list[Hold] = []
         self.file_ids: set[str] = set()
         self._update_ids = itertools.count(1)
         self._msg_ids: dict[int, itertools.count[int]] = {}
@@ -301,6 +312,8 @@ class FakeTelegramAPI:
         """Stop listening (waking any long poll)."""
         self._closing = True
         self._arrived.set()
+        for hold in self.holds:
+            hold.release.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -341,6 +354,9 @@ class FakeTelegramAPI:
         params = await self._params(request)
         call = Call(method, params)
         self.calls.append(call)
+        hold = self._take_hold(method, params)
+        if hold is not None:
+            await hold.release.wait()
         try:
             self._inject_fault(method, params)
             handler = getattr(self, f"api_{method.lower()}", None)
@@ -390,6 +406,23 @@ class FakeTelegramAPI:
         if status == 429 and retry_after is None:
             retry_after = 1
         self.faults.append(Fault(method.lower(), status, description, retry_after, chat_id, times))
+
+    def hold_next(self, method: str, *, chat_id: int | None = None) -> Hold:
+        """Keep the next call of ``method`` (to ``chat_id``) unanswered until ``release``
+        is set; ``arrived`` is set once the bot made the call."""
+        hold = Hold(method.lower(), chat_id)
+        self.holds.append(hold)
+        return hold
+
+    def _take_hold(self, method: str, params: dict[str, Any]) -> Hold | None:
+        chat_id = _int(params.get("chat_id"))
+        for hold in self.holds:
+            if hold.arrived.is_set() or hold.method != method.lower():
+                continue
+            if hold.chat_id is None or hold.chat_id == chat_id:
+                hold.arrived.set()
+                return hold
+        return None
 
     def clear_faults(self) -> None:
         """Forget every queued failure."""
