@@ -106,6 +106,22 @@ async def test_datetimes_come_back_aware_utc(db: Database) -> None:
     assert ev.at == at and ev.at.tzinfo is not None and ev.data == {"x": 1}
 
 
+async def test_nul_characters_in_text_are_stored_as_replacement_characters(
+    db: Database,
+) -> None:
+    """PostgreSQL refuses U+0000 in text; a user's message with one must not fail its event
+    (and, on Telegram, hold back every later update until it succeeds)."""
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    async with db.transaction() as s:
+        assert await claim_event(s, "memory", "id\x00", now)
+        await log_event(s, "probe", actor="ann\x00", at=now, text="a\x00b")
+    async with db.transaction() as s:
+        assert not await claim_event(s, "memory", "id\x00", now)
+        ev = (await s.execute(select(Event))).scalar_one()
+    assert ev.actor == "ann\ufffd"
+    assert ev.data == {"text": "a\x00b"}  # inside JSON it travels escaped, and comes back
+
+
 async def test_naive_datetimes_are_refused(db: Database) -> None:
     with pytest.raises(Exception, match="naive"):
         async with db.transaction() as s:
