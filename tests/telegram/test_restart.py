@@ -184,6 +184,7 @@ async def test_kill_and_restart_loses_and_duplicates_nothing(
                 for t in burst
             ),
             "the burst in L2",
+            within=60,  # a process start, then re-handling what was not committed
         )
         fake.send_text(bob, "// internal: user retried", chat_id=L2, thread_id=card.thread_id)
         fake.send_text(bob, "/resolve", chat_id=L2, thread_id=card.thread_id)
