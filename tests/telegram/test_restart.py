@@ -45,10 +45,12 @@ class Proc:
         self.p.wait(timeout=10)
         self.out.close()
 
-    def stop(self) -> int:
+    async def stop(self) -> int:
+        """SIGTERM, then wait in a thread: the fake Bot API in this event loop must keep
+        answering the calls a graceful shutdown still makes."""
         self.p.send_signal(signal.SIGTERM)
         try:
-            return self.p.wait(timeout=20)
+            return await asyncio.to_thread(self.p.wait, 30)
         finally:
             self.out.close()
 
@@ -190,7 +192,7 @@ async def test_kill_and_restart_loses_and_duplicates_nothing(
         fake.send_text(bob, "/resolve", chat_id=L2, thread_id=card.thread_id)
         await press(ann, "5")
         await until(lambda: "★★★★★" in fake.messages[(L2, card.message_id)].text, "CSAT on card")
-        assert proc.stop() == 0
+        assert await proc.stop() == 0
         print(f"{time.monotonic() - t0:6.2f} stopped")
     finally:
         if proc.p.poll() is None:
