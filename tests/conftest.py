@@ -43,6 +43,16 @@ PLATFORM_ENV = [
 PG_URL = os.environ.get("FIRSTLINE_TEST_PG_URL", "")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start `firstline` processes (they take the child's environment or a
+    database of their own) go first: the longest tests, spread over the workers from the
+    start instead of keeping one busy after the other has finished."""
+    items.sort(key=lambda item: not _STARTS_PROCESSES & set(getattr(item, "fixturenames", ())))
+
+
+_STARTS_PROCESSES = {"process_env", "postgresql_url"}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No developer's tokens or config leak into a test; cwd has no .env."""
