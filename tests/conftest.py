@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import os
+import shutil
 import socket
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -17,7 +21,8 @@ from sqlalchemy.engine import make_url
 
 from bot.app import App
 from bot.clock import FakeClock
-from config.settings import DatabaseSettings, EscalationSettings, Settings
+from bot.storage.db import Database
+from config.settings import DEFAULTS_DIR, DatabaseSettings, EscalationSettings, Settings
 from handlers.memory import MemoryChannel
 
 PLATFORM_ENV = [
@@ -79,6 +84,46 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
+_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def _bundled_key(settings: Settings) -> str | None:
+    """What the content and KB of ``settings`` depend on, if every file is a bundled one
+    (those never change during a run); ``None`` for a test's own files."""
+    files = [settings.content.path(n) for n in ("categories", "sla", "customers")]
+    if not all(f.resolve().is_relative_to(DEFAULTS_DIR) for f in [*files, settings.kb.folder()]):
+        return None
+    return settings.model_dump_json(exclude={"database", "telegram", "slack", "http", "log"})
+
+
+@pytest.fixture(autouse=True)
+def _bundled_content_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parse the bundled content and build its KB once per worker; each app gets its own
+    deep copy (the matcher learns from feedback: one shared object would leak between
+    tests). Building the KB took most of an app's start."""
+    import bot.app as app_module
+    from bot.content import load_content as real_load
+
+    real_build = app_module.build_kb
+
+    def cached(kind: str, settings: Settings, make: Callable[[], Any]) -> Any:
+        key = _bundled_key(settings)
+        if key is None:
+            return make()
+        if (kind, key) not in _CACHE:
+            _CACHE[kind, key] = make()
+        return copy.deepcopy(_CACHE[kind, key])
+
+    def load_content(settings: Settings) -> Any:
+        return cached("content", settings, lambda: real_load(settings))
+
+    def build_kb(settings: Settings, content: Any) -> Any:
+        return cached("kb", settings, lambda: real_build(settings, content))
+
+    monkeypatch.setattr(app_module, "load_content", load_content)
+    monkeypatch.setattr(app_module, "build_kb", build_kb)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     """Monday 2026-01-12 10:00 Moscow time (07:00 UTC): inside business hours."""
@@ -119,11 +164,11 @@ class PgDatabases:
         return self.server.set(database=database).render_as_string(hide_password=False)
 
     async def clean(self, slot: str = "main", *, empty: bool = False) -> str:
-        """The URL of database ``slot``, with no rows left by an earlier test.
+        """The URL of database ``slot``, migrated, with no rows left by an earlier test.
 
         A schema already at the migration head keeps its tables and loses only its rows
         and sequence positions (milliseconds, where re-creating it takes about a second);
-        any other schema, or ``empty=True``, is dropped, so the app migrates it afresh.
+        any other schema is dropped and migrated again. ``empty=True``: no schema at all.
         """
         name = f"{self.prefix}_{slot}"
         if name not in self.created:
@@ -131,6 +176,8 @@ class PgDatabases:
             try:
                 if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
                     await admin.execute(f'CREATE DATABASE "{name}"')
+                    # A commit need not wait for the disk: nobody recovers a test database.
+                    await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
             finally:
                 await admin.close()
             self.created.add(name)
@@ -159,7 +206,14 @@ class PgDatabases:
                 await conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
         finally:
             await conn.close()
-        return self.url(name)
+        url = self.url(name)
+        if not empty and not at_head:
+            db = Database(url)
+            try:
+                await db.upgrade()
+            finally:
+                await db.dispose()
+        return url
 
     async def drop_all(self) -> None:
         """Drop every database this worker created."""
@@ -198,13 +252,27 @@ def pg_databases(request: pytest.FixtureRequest) -> Iterator[PgDatabases | None]
 
 @pytest.fixture
 async def database_url(tmp_path: Path, pg_databases: PgDatabases | None) -> str:
-    """The database of one test: a SQLite file, or with FIRSTLINE_TEST_DB=postgresql this
-    worker's PostgreSQL database, emptied. Child processes get it as DATABASE_URL."""
+    """The database of one test, migrated and empty: a SQLite file, or with
+    FIRSTLINE_TEST_DB=postgresql this worker's PostgreSQL database. Child processes get it
+    as DATABASE_URL."""
     if TEST_DB != "postgresql":
-        return sqlite_url(tmp_path)
+        return await _migrated_sqlite(tmp_path)
     if pg_databases is None:
         pytest.skip("FIRSTLINE_TEST_DB=postgresql needs FIRSTLINE_TEST_PG_URL")
     return await pg_databases.clean()
+
+
+async def _migrated_sqlite(tmp_path: Path) -> str:
+    """A SQLite file in the test's folder, copied from one migrated once per worker."""
+    template = _CACHE.get(("sqlite", "template"))
+    if template is None:
+        template = Path(tempfile.mkdtemp(prefix="firstline-test-")) / "template.db"
+        db = Database(sqlite_url(template.parent, template.name))
+        await db.upgrade()
+        await db.dispose()
+        _CACHE["sqlite", "template"] = template
+    shutil.copyfile(template, tmp_path / "firstline.db")
+    return sqlite_url(tmp_path)
 
 
 @pytest.fixture

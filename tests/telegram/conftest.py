@@ -1,29 +1,22 @@
 """The Telegram adapter against the fake Bot API server: fixtures and a small driver.
 
-Tests run the real app on the test's fresh database, the real :class:`TelegramChannel` (aiogram,
-real HTTP to 127.0.0.1), and step it deterministically: ``poll_once`` fetches and commits
+Tests run the real app on the test's fresh database, the real :class:`TelegramChannel`
+(aiogram, real HTTP to 127.0.0.1), and step it deterministically: ``poll_once`` fetches and commits
 what the fake has queued, ``drain`` delivers the outbox — no sleeping on real time.
 """
 
 from __future__ import annotations
 
-import copy
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy.engine import make_url
 
 from bot.app import App
 from bot.clock import FakeClock
-from bot.content import load_content as load_content_orig
 from bot.outbox import Dispatcher
-from bot.storage.db import Database, is_sqlite
 from config.settings import DatabaseSettings, EscalationSettings, Settings, TelegramSettings
 from handlers.telegram import TelegramChannel
 from handlers.telegram_sender import RateLimits
@@ -31,52 +24,6 @@ from tests.fakes.telegram_api import FakeMessage, FakeTelegramAPI, FakeUser
 
 L2 = -1001234567890
 FOREIGN = -1009999
-
-_CACHE: dict[str, Any] = {}
-
-
-@pytest.fixture(autouse=True)
-def _fast_content(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parse the bundled content and KB once per session; each app gets its own deep copy
-    (the matcher learns from feedback, so sharing one object would leak between tests)."""
-    import bot.app as app_module
-
-    real_load, real_build = load_content_orig, app_module.build_kb
-
-    def load_content(settings: Settings) -> Any:
-        if "content" not in _CACHE:
-            _CACHE["content"] = real_load(settings)
-        return copy.deepcopy(_CACHE["content"])
-
-    def build_kb(settings: Settings, content: Any) -> Any:
-        if "kb" not in _CACHE:
-            _CACHE["kb"] = real_build(settings, content)
-        return copy.deepcopy(_CACHE["kb"])
-
-    monkeypatch.setattr(app_module, "load_content", load_content)
-    monkeypatch.setattr(app_module, "build_kb", build_kb)
-
-
-async def migrated_db(database_url: str) -> str:
-    """``database_url`` migrated: a SQLite file is copied from a template migrated once;
-    PostgreSQL is migrated in place (a no-op once this worker's schema is at head)."""
-    if not is_sqlite(database_url):
-        db = Database(database_url)
-        await db.upgrade()
-        await db.dispose()
-        return database_url
-    template = _CACHE.get("db")
-    if template is None:
-        folder = Path(tempfile.mkdtemp(prefix="firstline-tg-"))
-        template = folder / "template.db"
-        db = Database(f"sqlite+aiosqlite:///{template}")
-        await db.upgrade()
-        await db.dispose()
-        _CACHE["db"] = template
-    target = make_url(database_url).database
-    assert target is not None
-    shutil.copyfile(template, target)
-    return database_url
 
 
 @pytest.fixture
@@ -218,7 +165,7 @@ async def make_tg(
 
     async def build(*, forum: bool = False, **telegram: Any) -> Tg:
         fake.add_group(L2, "L2 desk", forum=forum)
-        settings = tg_settings(fake, await migrated_db(database_url), **telegram)
+        settings = tg_settings(fake, database_url, **telegram)
         app = await App.create(settings, clock, migrate=False)
         channel = TelegramChannel(app, limits=RateLimits.unlimited(), album_window=0.2)
         dispatcher = app.dispatcher({channel.name: channel.sender})

@@ -17,7 +17,7 @@ from bot.storage.models import ProcessedEvent
 from handlers.telegram import WEBHOOK_PATH, TelegramChannel
 from handlers.telegram_sender import RateLimits
 from tests.fakes.telegram_api import FakeTelegramAPI
-from tests.telegram.conftest import L2, migrated_db, tg_settings
+from tests.telegram.conftest import L2, tg_settings
 
 Hooked = tuple[TelegramChannel, App]
 
@@ -36,7 +36,7 @@ async def hooked(
     fake.add_group(L2)
     settings = tg_settings(
         fake,
-        await migrated_db(database_url),
+        database_url,
         webhook_url=f"http://127.0.0.1:{port}{WEBHOOK_PATH}",
         webhook_secret="s3cret-token",
     )
