@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from bot.app import App
 from bot.clock import FakeClock
-from bot.storage.db import Database
+from bot.storage.db import Database, is_sqlite
 from config.settings import DEFAULTS_DIR, DatabaseSettings, EscalationSettings, Settings
 from handlers.memory import MemoryChannel
 
@@ -46,6 +46,13 @@ PLATFORM_ENV = [
 
 # The PostgreSQL server the storage contract runs against too, when given.
 PG_URL = os.environ.get("FIRSTLINE_TEST_PG_URL", "")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register this suite's own marker."""
+    config.addinivalue_line(
+        "markers", "sqlite: the test is about SQLite itself and opens SQLite on any pass"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -122,6 +129,24 @@ def _bundled_content_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(app_module, "load_content", load_content)
     monkeypatch.setattr(app_module, "build_kb", build_kb)
+
+
+@pytest.fixture(autouse=True)
+def _no_sqlite_on_the_postgresql_pass(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With FIRSTLINE_TEST_DB=postgresql, opening SQLite fails the test unless it is marked
+    ``sqlite``: a database not taken from ``database_url`` would quietly skip PostgreSQL."""
+    if TEST_DB != "postgresql" or request.node.get_closest_marker("sqlite"):
+        return
+    real_init = Database.__init__
+
+    def init(self: Database, url: str, **kwargs: Any) -> None:
+        if is_sqlite(url):
+            raise AssertionError(f"SQLite on the PostgreSQL pass ({url}): use database_url")
+        real_init(self, url, **kwargs)
+
+    monkeypatch.setattr(Database, "__init__", init)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from handlers.memory import MemoryChannel
 from tests.conftest import PG_URL, PgDatabases, sqlite_url
 
 BACKENDS = [
-    "sqlite",
+    pytest.param("sqlite", marks=pytest.mark.sqlite),  # on the PostgreSQL pass too
     pytest.param(
         "postgresql", marks=pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set")
     ),
