@@ -22,10 +22,13 @@ from apscheduler.triggers.cron import CronTrigger
 from bot.app import App
 from bot.clock import Clock
 from bot.metrics import CONTENT_TYPE
-from bot.outbox import Sender, outbox_stats
+from bot.outbox import Dispatcher, Sender, outbox_stats
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# At shutdown, what is already due in the outbox goes out first, for at most this long.
+SHUTDOWN_DELIVERY_SECONDS = 10.0
 
 
 class PlatformChannel(Protocol):
@@ -146,12 +149,38 @@ def schedule_flood_flush(app: App, scheduler: AsyncIOScheduler, wake: Callable[[
                       coalesce=True, max_instances=1)
 
 
+async def deliver_due(dispatcher: Dispatcher, seconds: float) -> int:
+    """Outbox passes until nothing is due or ``seconds`` have passed; the rows sent.
+
+    A pass is never cut short, so every call that was made is also recorded (rows that wait
+    for a retry, or are left when time runs out, go out after the next start).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    total = 0
+    while loop.time() < deadline:
+        try:
+            sent = await dispatcher.run_once()
+        except Exception:
+            log.exception("outbox pass failed at shutdown")
+            break
+        if not sent:
+            break
+        total += sent
+    return total
+
+
 async def serve(
     settings: Settings,
     clock: Clock | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM (or ``stop``); shut down gracefully."""
+    """Run until SIGINT/SIGTERM (or ``stop``); shut down gracefully.
+
+    Shutdown: intake stops (an event being handled finishes and commits), the outbox pass
+    in flight finishes and is recorded, then what is due — replies to those last events
+    included — is delivered within :data:`SHUTDOWN_DELIVERY_SECONDS`.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -178,7 +207,9 @@ async def serve(
     schedule_flood_flush(app, scheduler, dispatcher.wake)
     scheduler.start()
     await app.timers.sweep()  # whatever came due while we were down
-    delivery = asyncio.create_task(dispatcher.run_forever(stop), name="outbox")
+    # Delivery outlives intake at shutdown, so it has a stop event of its own.
+    delivering = asyncio.Event()
+    delivery = asyncio.create_task(dispatcher.run_forever(delivering), name="outbox")
     try:
         for ch in channels:
             await ch.start()
@@ -190,8 +221,10 @@ async def serve(
             with contextlib.suppress(Exception):
                 await ch.stop()
         stop.set()
+        delivering.set()
         with contextlib.suppress(Exception):
             await delivery
+        await deliver_due(dispatcher, SHUTDOWN_DELIVERY_SECONDS)
         scheduler.shutdown(wait=False)
         await runner.cleanup()
         await app.close()

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from config.settings import DEFAULTS_DIR
 
+Cli = Callable[..., subprocess.CompletedProcess[str]]
 
-def _cli(tmp_path: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None
-         ) -> subprocess.CompletedProcess[str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "SLACK_"))}
-    e["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], input=stdin, text=True,
-                          capture_output=True, timeout=120, env=e, cwd=tmp_path, check=False)
+
+@pytest.fixture
+def cli(tmp_path: Path, process_env: dict[str, str]) -> Cli:
+    """Runs ``firstline ARGS`` in ``tmp_path`` on the test's database."""
+
+    def run(*args: str, stdin: str = "", env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bot.cli", *args], input=stdin, text=True,
+                              capture_output=True, timeout=120, env={**process_env, **(env or {})},
+                              cwd=tmp_path, check=False)
+
+    return run
 
 
 def _broken_content(tmp_path: Path) -> Path:
@@ -35,29 +43,31 @@ def _broken_content(tmp_path: Path) -> Path:
     return content
 
 
-def test_check_config_ok_on_defaults(tmp_path: Path) -> None:
-    out = _cli(tmp_path, "check-config")
+def test_check_config_ok_on_defaults(cli: Cli) -> None:
+    out = cli("check-config")
     assert out.returncode == 0, out.stderr
     assert "OK: 7 categories" in out.stdout and "KB articles" in out.stdout
 
 
-def test_check_config_and_run_report_every_problem_with_file_line_key(tmp_path: Path) -> None:
+def test_check_config_and_run_report_every_problem_with_file_line_key(
+    tmp_path: Path, cli: Cli
+) -> None:
     content = _broken_content(tmp_path)
     env = {"FIRSTLINE_CONTENT_DIR": str(content)}
-    out = _cli(tmp_path, "check-config", env=env)
+    out = cli("check-config", env=env)
     assert out.returncode == 2
     lines = [ln.strip() for ln in out.stderr.splitlines() if "yaml:" in ln]
     assert any("categories.yaml:" in ln and "no_such_step" in ln and "goto" in ln
                for ln in lines), out.stderr
     assert any("sla.yaml:" in ln and "[default_tier]" in ln for ln in lines), out.stderr
     # The bot refuses to start with the same messages.
-    run = _cli(tmp_path, "chat", env=env)
+    run = cli("chat", env=env)
     assert run.returncode == 2
     assert "refuses to start" in run.stderr
     assert set(lines) <= {ln.strip() for ln in run.stderr.splitlines()}
 
 
-def test_kb_search_json_over_a_custom_kb_folder(tmp_path: Path) -> None:
+def test_kb_search_json_over_a_custom_kb_folder(tmp_path: Path, cli: Cli) -> None:
     kb = tmp_path / "kb"
     kb.mkdir()
     (kb / "a.md").write_text(
@@ -68,7 +78,7 @@ def test_kb_search_json_over_a_custom_kb_folder(tmp_path: Path) -> None:
         "---\nid: vpn\ntitle: VPN\ncategory: network\nlang: en\nquestions:\n"
         "  - vpn does not connect\n  - cannot connect to the vpn\n  - vpn connection fails\n"
         "---\nReinstall the profile.\n", encoding="utf-8")
-    out = _cli(tmp_path, "kb", "search", "--json",
+    out = cli("kb", "search", "--json",
                stdin="I want a refund please\nvpn wont connect\n",
                env={"FIRSTLINE_KB_DIR": str(kb)})
     assert out.returncode == 0, out.stderr
@@ -79,41 +89,41 @@ def test_kb_search_json_over_a_custom_kb_folder(tmp_path: Path) -> None:
     assert all(set(x) == {"id", "score"} for r in rows for x in r["results"])
 
 
-def test_customers_import_csv_and_tickets_json(tmp_path: Path) -> None:
+def test_customers_import_csv_and_tickets_json(tmp_path: Path, cli: Cli) -> None:
     csv_file = tmp_path / "dir.csv"
     csv_file.write_text("platform,user_id,organisation,tier\nconsole,ann,Acme,enterprise\n"
                         "console,bob,Acme,platinum\n", encoding="utf-8")
-    bad = _cli(tmp_path, "customers", "import", str(csv_file))
+    bad = cli("customers", "import", str(csv_file))
     assert bad.returncode == 2 and f"{csv_file}:3 [tier]" in bad.stderr
     csv_file.write_text("platform,user_id,organisation,tier\nconsole,ann,Acme,enterprise\n",
                         encoding="utf-8")
-    ok = _cli(tmp_path, "customers", "import", str(csv_file))
+    ok = cli("customers", "import", str(csv_file))
     assert ok.returncode == 0 and "imported 1" in ok.stdout
     script = "/new\n3\n1\n"  # Servers category, step 1 "Fixed it"... then a real ticket:
-    _cli(tmp_path, "chat", "--user", "ann", stdin=script)
-    tickets = json.loads(_cli(tmp_path, "tickets", "--json", "--all").stdout)
+    cli("chat", "--user", "ann", stdin=script)
+    tickets = json.loads(cli("tickets", "--json", "--all").stdout)
     assert tickets == []  # solved by the checklist: no ticket
-    empty = _cli(tmp_path, "tickets")
+    empty = cli("tickets")
     assert "no open tickets" in empty.stdout
 
 
-def test_report_agrees_with_tickets_after_console_sessions(tmp_path: Path) -> None:
+def test_report_agrees_with_tickets_after_console_sessions(cli: Cli) -> None:
     from tests.test_console import _account, _unsolved_path
 
     escalate = ["I forgot my password", "2", *_unsolved_path(_account()), "details", "1", "2"]
-    solved = _cli(tmp_path, "chat", "--user", "cat", stdin="I forgot my password\n1\n")
+    solved = cli("chat", "--user", "cat", stdin="I forgot my password\n1\n")
     assert "glad" in solved.stdout
     for user in ("ann", "bob"):
-        out = _cli(tmp_path, "chat", "--user", user, stdin="\n".join(escalate) + "\n")
+        out = cli("chat", "--user", user, stdin="\n".join(escalate) + "\n")
         assert "is created" in out.stdout, out.stdout
-    l2 = _cli(tmp_path, "chat", "--as", "l2", "--name", "eve",
+    l2 = cli("chat", "--as", "l2", "--name", "eve",
               stdin="reply FL-1001 Fixed it for you\nresolve FL-1001\n")
     assert l2.returncode == 0
-    tickets = json.loads(_cli(tmp_path, "tickets", "--all", "--json").stdout)
+    tickets = json.loads(cli("tickets", "--all", "--json").stdout)
     from datetime import date
 
     today = date.today().isoformat()
-    rep = _cli(tmp_path, "report", "--since", "2000-01-01", "--until", today, "--format", "json")
+    rep = cli("report", "--since", "2000-01-01", "--until", today, "--format", "json")
     assert rep.returncode == 0, rep.stderr
     data = json.loads(rep.stdout)
     volume = data["volume"]
@@ -121,16 +131,16 @@ def test_report_agrees_with_tickets_after_console_sessions(tmp_path: Path) -> No
     assert volume["resolved_l2"] == sum(t["status"] == "resolved" for t in tickets) == 1
     assert volume["backlog"] == sum(t["status"] == "open" for t in tickets) == 1
     assert volume["solved_kb"] == 1
-    text = _cli(tmp_path, "report", "--since", "2000-01-01", "--until", today)
+    text = cli("report", "--since", "2000-01-01", "--until", today)
     assert "escalated: 2" in text.stdout
-    csv_out = _cli(tmp_path, "report", "--since", "2000-01-01", "--until", today,
+    csv_out = cli("report", "--since", "2000-01-01", "--until", today,
                    "--format", "csv")
     assert csv_out.stdout.splitlines()[0].startswith("section")
 
 
-def test_retention_command(tmp_path: Path) -> None:
-    out = _cli(tmp_path, "retention", "--older-than", "365d")
+def test_retention_command(cli: Cli) -> None:
+    out = cli("retention", "--older-than", "365d")
     assert out.returncode == 0, out.stderr
     assert "processed_events: 0" in out.stdout or "nothing to do" in out.stdout
-    bad = _cli(tmp_path, "retention", "--older-than", "soon")
+    bad = cli("retention", "--older-than", "soon")
     assert bad.returncode == 2 and "not a duration" in bad.stderr

@@ -18,22 +18,21 @@ from config.settings import DEFAULTS_DIR
 FIRSTLINE = [sys.executable, "-m", "bot.cli"]
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "SLACK_"))}
-    env["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'console.db'}"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+@pytest.fixture
+def console_env(process_env: dict[str, str]) -> dict[str, str]:
+    """The child's environment: the test's database, output not buffered."""
+    return {**process_env, "PYTHONUNBUFFERED": "1"}
 
 
-def _run(tmp_path: Path, args: list[str], stdin: str) -> str:
+def _run(env: dict[str, str], cwd: Path, args: list[str], stdin: str) -> str:
     out = subprocess.run(
         [*FIRSTLINE, *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
-        env=_env(tmp_path),
-        cwd=tmp_path,
+        env=env,
+        cwd=cwd,
         check=False,
     )
     assert out.returncode == 0, out.stderr
@@ -62,7 +61,9 @@ def _unsolved_path(cat: Category) -> list[str]:
     return presses
 
 
-def test_scripted_session_from_question_to_csat(tmp_path: Path) -> None:
+def test_scripted_session_from_question_to_csat(
+    tmp_path: Path, console_env: dict[str, str]
+) -> None:
     cat = _account()
     script = [
         "I forgot my password",  # the bundled article answers it
@@ -72,12 +73,13 @@ def test_scripted_session_from_question_to_csat(tmp_path: Path) -> None:
         "1",  # Done
         "2",  # Blocks my work -> high
     ]
-    user_out = _run(tmp_path, ["chat", "--user", "ann"], "\n".join(script) + "\n")
+    user_out = _run(console_env, tmp_path, ["chat", "--user", "ann"], "\n".join(script) + "\n")
     assert "Reset a forgotten password" in user_out
     assert "Step 1 of" in user_out
     assert "Ticket FL-1001 is created" in user_out
 
     l2_out = _run(
+        console_env,
         tmp_path,
         ["chat", "--as", "l2", "--name", "bob"],
         "list\ntake FL-1001\nnote FL-1001 check the auth logs\n"
@@ -87,28 +89,28 @@ def test_scripted_session_from_question_to_csat(tmp_path: Path) -> None:
     assert "error 0x42" in l2_out  # the handoff packet carries the user's details
     assert "Internal note saved" in l2_out
 
-    back = _run(tmp_path, ["chat", "--user", "ann"], "5\n")
+    back = _run(console_env, tmp_path, ["chat", "--user", "ann"], "5\n")
     assert "bob is now working on your ticket FL-1001" in back
     assert "bob: Please try to sign in again now" in back
     assert "check the auth logs" not in back  # the note stayed internal
     assert "Ticket FL-1001 is resolved" in back
     assert "Thank you for the rating" in back
 
-    tickets = _run(tmp_path, ["tickets", "--all", "--json"], "")
+    tickets = _run(console_env, tmp_path, ["tickets", "--all", "--json"], "")
     assert '"status": "resolved"' in tickets and '"csat": 5' in tickets
 
 
 class _Child:
     """A console process we type into and read from, with bounded waits."""
 
-    def __init__(self, tmp_path: Path, args: list[str]) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, args: list[str]) -> None:
         self.proc = subprocess.Popen(
             [*FIRSTLINE, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env=_env(tmp_path),
-            cwd=tmp_path,
+            env=env,
+            cwd=cwd,
         )
         self.seen = b""
 
@@ -136,8 +138,10 @@ class _Child:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
-def test_kill_9_mid_checklist_continues_at_the_same_step(tmp_path: Path) -> None:
-    child = _Child(tmp_path, ["chat", "--user", "kim"])
+def test_kill_9_mid_checklist_continues_at_the_same_step(
+    tmp_path: Path, console_env: dict[str, str]
+) -> None:
+    child = _Child(console_env, tmp_path, ["chat", "--user", "kim"])
     child.send("/new")
     seen = child.read_until("VPN and network")
     number = next(
@@ -153,28 +157,30 @@ def test_kill_9_mid_checklist_continues_at_the_same_step(tmp_path: Path) -> None
     child.proc.send_signal(signal.SIGKILL)
     child.proc.wait(timeout=30)
 
-    after = _run(tmp_path, ["chat", "--user", "kim"], "")
+    after = _run(console_env, tmp_path, ["chat", "--user", "kim"], "")
     assert "Step 2 of" in after and step2 in after, after
     assert "Step 1 of" not in after
 
 
-def test_console_loop_wait_pauses_reply_resolve_reopen(tmp_path: Path) -> None:
+def test_console_loop_wait_pauses_reply_resolve_reopen(
+    tmp_path: Path, console_env: dict[str, str]
+) -> None:
     cat = _account()
     script = ["I forgot my password", "2", *_unsolved_path(cat), "cannot sign in", "1", "3"]
-    _run(tmp_path, ["chat", "--user", "ann"], "\n".join(script) + "\n")
-    l2 = _run(tmp_path, ["chat", "--as", "l2", "--name", "bob"],
+    _run(console_env, tmp_path, ["chat", "--user", "ann"], "\n".join(script) + "\n")
+    l2 = _run(console_env, tmp_path, ["chat", "--as", "l2", "--name", "bob"],
               "take FL-1001\nwait FL-1001 Which browser do you use?\nshow FL-1001\n")
     assert "waiting for customer" in l2 and "paused (waiting for customer)" in l2
-    user = _run(tmp_path, ["chat", "--user", "ann"], "Firefox 120\n")
+    user = _run(console_env, tmp_path, ["chat", "--user", "ann"], "Firefox 120\n")
     assert "bob: Which browser do you use?" in user
     assert "waiting for your answer" in user
-    l2 = _run(tmp_path, ["chat", "--as", "l2", "--name", "bob"],
+    l2 = _run(console_env, tmp_path, ["chat", "--as", "l2", "--name", "bob"],
               "show FL-1001\nreply FL-1001 Clear the cookies, please\nresolve FL-1001\n")
     assert "Firefox 120" in l2 and "in progress" in l2
-    user = _run(tmp_path, ["chat", "--user", "ann"], "It is broken again\n")
+    user = _run(console_env, tmp_path, ["chat", "--user", "ann"], "It is broken again\n")
     assert "Clear the cookies" in user and "is resolved" in user
     assert "Ticket FL-1001 is reopened" in user
-    l2 = _run(tmp_path, ["chat", "--as", "l2", "--name", "bob"], "list\n")
+    l2 = _run(console_env, tmp_path, ["chat", "--as", "l2", "--name", "bob"], "list\n")
     assert "FL-1001 reopened" in l2 and "It is broken again" in l2
-    events = _run(tmp_path, ["sla", "explain", "FL-1001"], "")
+    events = _run(console_env, tmp_path, ["sla", "explain", "FL-1001"], "")
     assert "pause (waiting for customer)" in events

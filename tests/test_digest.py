@@ -31,7 +31,6 @@ from escalation.digest import (
 )
 from escalation.report import Breach, compute_report
 from handlers.memory import MemoryChannel
-from tests.conftest import sqlite_url
 from tests.test_report import build_history, msk
 
 RECIPIENTS = ["memory:managers", "memory:lead"]
@@ -234,9 +233,11 @@ def test_local_time_in_the_dst_gap_and_overlap() -> None:
 
 
 @pytest.fixture
-async def berlin_app(tmp_path: Path) -> AsyncIterator[tuple[App, FakeClock, MemoryChannel]]:
+async def berlin_app(
+    database_url: str,
+) -> AsyncIterator[tuple[App, FakeClock, MemoryChannel]]:
     settings = Settings(
-        database=DatabaseSettings(url=sqlite_url(tmp_path, "berlin.db")),
+        database=DatabaseSettings(url=database_url),
         escalation=EscalationSettings(default_destination="memory:l2"),
         digest=DigestSettings(timezone="Europe/Berlin", recipients=["memory:managers"]),
     )

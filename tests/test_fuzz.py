@@ -14,7 +14,6 @@ import logging
 import string
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,7 +28,6 @@ from bot.domain import AgentAction, AgentEvent, Attachment, UserEvent, UserRef
 from bot.storage.models import Event
 from config.settings import DatabaseSettings, EscalationSettings, Settings
 from handlers.memory import CHANNEL, MemoryChannel
-from tests.conftest import sqlite_url
 from tests.fakes.slack_api import FakeSlackApi, SlackRequests, dm_event
 from tests.slack.conftest import ANN, BOB, EVE, L2, make_slack, slack_settings
 
@@ -312,10 +310,10 @@ def _check_no_leak(mem: MemoryChannel) -> None:
 
 
 def test_engine_survives_random_input_from_several_users(
-    tmp_path: Path, clock: FakeClock, errors: ErrorLog
+    database_url: str, clock: FakeClock, errors: ErrorLog
 ) -> None:
     cfg = Settings(
-        database=DatabaseSettings(url=sqlite_url(tmp_path)),
+        database=DatabaseSettings(url=database_url),
         escalation=EscalationSettings(default_destination="memory:l2", l3_destination="memory:l3"),
     )
     loop = asyncio.new_event_loop()
@@ -492,7 +490,7 @@ def _slack_request(
 
 
 def test_slack_endpoint_survives_random_signed_requests(
-    tmp_path: Path, clock: FakeClock, errors: ErrorLog
+    database_url: str, clock: FakeClock, errors: ErrorLog
 ) -> None:
     loop = asyncio.new_event_loop()
 
@@ -502,7 +500,7 @@ def test_slack_endpoint_survives_random_signed_requests(
         api.add_user(BOB, "bob", real_name="Bob Agent")
         api.add_user(EVE, "eve", real_name="Eve Outsider")
         api.members[L2] = ["UBOT", BOB]
-        app = await App.create(slack_settings(tmp_path, api), clock)
+        app = await App.create(slack_settings(api, database_url), clock)
         gen = make_slack(app, api)
         slack = await gen.__anext__()
         # A real conversation first, so buttons and cards exist to be poked at.

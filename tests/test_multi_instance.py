@@ -1,7 +1,7 @@
 """Two `firstline run` processes on one PostgreSQL database share the work, duplicating nothing.
 
-Runs when ``FIRSTLINE_TEST_PG_URL`` points at a scratch PostgreSQL database (``.ci/run``
-sets it when the local server answers). Both processes serve the Slack HTTP endpoint
+Runs when ``FIRSTLINE_TEST_PG_URL`` names a PostgreSQL server (``.ci/run`` sets it when the
+local server answers), on a database of its own there. Both processes serve the Slack HTTP endpoint
 against one fake Slack Web API; events of the same users go to either process.
 """
 
@@ -18,21 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from sqlalchemy import func, select
 
 from bot.storage.db import Database
 from bot.storage.models import Conversation, Outbox, SlaNotification, Ticket
 from config.settings import DEFAULTS_DIR
-from tests.conftest import PG_URL
 from tests.fakes.slack_api import FakeSlackApi, SlackRequests, block_actions, dm_event, find_element
 from tests.slack.conftest import L2, SECRET, blocks_text
-from tests.test_storage import _wipe_pg
-
-pytestmark = [
-    pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set"),
-    pytest.mark.xdist_group("postgresql"),
-]
 
 USERS = ["UAAA", "UBBB", "UCCC", "UDDD"]
 
@@ -67,7 +59,9 @@ def _free_port() -> int:
 class Proc:
     """One `firstline run` process."""
 
-    def __init__(self, tmp_path: Path, name: str, api: FakeSlackApi, content: Path) -> None:
+    def __init__(
+        self, tmp_path: Path, name: str, api: FakeSlackApi, content: Path, database_url: str
+    ) -> None:
         self.port = _free_port()
         self.log = tmp_path / f"{name}.log"
         self.env = {
@@ -78,7 +72,7 @@ class Proc:
             "SLACK_L2_CHANNEL": L2,
             "FIRSTLINE_HTTP_PORT": str(self.port),
             "FIRSTLINE_CONTENT_DIR": str(content),
-            "DATABASE_URL": PG_URL,
+            "DATABASE_URL": database_url,
         }
         self.cwd = tmp_path
         self.proc: asyncio.subprocess.Process | None = None
@@ -127,11 +121,12 @@ def _content(tmp_path: Path) -> Path:
     return content
 
 
-async def test_two_processes_on_one_postgresql_share_the_work(tmp_path: Path) -> None:
-    await _wipe_pg(PG_URL)
+async def test_two_processes_on_one_postgresql_share_the_work(
+    tmp_path: Path, postgresql_url: str
+) -> None:
     api = await FakeSlackApi().start()
     content = _content(tmp_path)
-    procs = [Proc(tmp_path, "a", api, content), Proc(tmp_path, "b", api, content)]
+    procs = [Proc(tmp_path, name, api, content, postgresql_url) for name in ("a", "b")]
     requests = SlackRequests(SECRET)
     try:
         await asyncio.gather(*(p.start() for p in procs))
@@ -233,7 +228,7 @@ async def test_two_processes_on_one_postgresql_share_the_work(tmp_path: Path) ->
     assert notices == {m: len(USERS) for m in
                        ("SLA 50% used", "SLA breached", "Escalation to managers")}
 
-    db = Database(PG_URL)
+    db = Database(postgresql_url)
     try:
         async with db.transaction() as s:
             # Each outbox row was delivered once: as many DM posts as "message" rows.

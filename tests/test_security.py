@@ -10,7 +10,6 @@ import json
 import logging
 import re
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +36,6 @@ from escalation.card import build_card
 from escalation.texts import lt
 from handlers import slack_render
 from handlers.memory import MemoryChannel
-from tests.conftest import sqlite_url
 from tests.test_engine_flow import _escalate
 
 LIVE_MENTION = re.compile(r"<[!@#]|(?<![\w\u200b])@(channel|here|everyone)\b", re.IGNORECASE)
@@ -377,10 +375,10 @@ SECRETS = {
 
 
 async def test_no_secret_reaches_the_logs_of_a_full_session(
-    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    database_url: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(
-        database=DatabaseSettings(url=sqlite_url(tmp_path)),
+        database=DatabaseSettings(url=database_url),
         escalation=EscalationSettings(default_destination="memory:l2"),
         log=LogSettings(level="DEBUG"),
         telegram=TelegramSettings(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import select
@@ -15,7 +14,6 @@ from bot.storage.models import Event, SlaNotification, Ticket
 from config.settings import DatabaseSettings, EscalationSettings, Settings
 from escalation.timers import SlaTimers
 from handlers.memory import MemoryChannel
-from tests.conftest import sqlite_url
 from tests.test_engine_flow import _escalate
 
 
@@ -139,9 +137,9 @@ async def test_owner_silence_offers_the_ticket_to_the_team(
     assert len(await _events(app, "owner_silence")) == 1
 
 
-async def test_simulated_week_with_a_restart_fires_everything_once(tmp_path: Path) -> None:
+async def test_simulated_week_with_a_restart_fires_everything_once(database_url: str) -> None:
     settings = Settings(
-        database=DatabaseSettings(url=sqlite_url(tmp_path)),
+        database=DatabaseSettings(url=database_url),
         escalation=EscalationSettings(default_destination="memory:l2"),
     )
     clock = FakeClock(datetime(2026, 1, 12, 6, 0, tzinfo=UTC))

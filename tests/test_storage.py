@@ -1,8 +1,8 @@
 """Storage contract: the same suite on SQLite always, and on PostgreSQL when one is given.
 
 Set ``FIRSTLINE_TEST_PG_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/test`` (``.ci/run``
-does when the server answers). The PostgreSQL run wipes the ``public`` schema of that
-database first: point it at a scratch database only.
+does when the server answers): each test worker then creates its own databases on that
+server next to the one named and drops them at the end.
 """
 
 from __future__ import annotations
@@ -31,36 +31,27 @@ from bot.storage.models import Base, Conversation, Event, Outbox, Ticket
 from bot.storage.repo import claim_event, enqueue, log_event, next_value
 from config.settings import DatabaseSettings, EscalationSettings, Settings
 from handlers.memory import MemoryChannel
-from tests.conftest import PG_URL, sqlite_url
-
-# The PostgreSQL variants wipe one shared scratch database: never two at once.
-pytestmark = pytest.mark.xdist_group("postgresql")
+from tests.conftest import PG_URL, PgDatabases, sqlite_url
 
 BACKENDS = [
-    "sqlite",
-    "sqlite+aiosqlite",
+    pytest.param("sqlite", marks=pytest.mark.sqlite),  # on the PostgreSQL pass too
+    pytest.param("sqlite+aiosqlite", marks=pytest.mark.sqlite),
     pytest.param(
         "postgresql", marks=pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set")
     ),
 ]
 
 
-async def _wipe_pg(url: str) -> None:
-    db = Database(url)
-    async with db.engine.begin() as conn:
-        await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        await conn.execute(text("CREATE SCHEMA public"))
-    await db.dispose()
-
-
 @pytest.fixture(params=BACKENDS)
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh empty database of each backend."""
+async def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_databases: PgDatabases | None
+) -> str:
+    """A fresh empty database of each backend, whatever FIRSTLINE_TEST_DB says: this
+    contract is what both backends must agree on."""
     if request.param.startswith("sqlite"):
-        yield sqlite_url(tmp_path, driver=request.param.partition("+")[2])
-        return
-    await _wipe_pg(PG_URL)
-    yield PG_URL
+        return sqlite_url(tmp_path, driver=request.param.partition("+")[2])
+    assert pg_databases is not None
+    return await pg_databases.clean("fresh", empty=True)
 
 
 @pytest.fixture
@@ -119,6 +110,22 @@ async def test_datetimes_come_back_aware_utc(db: Database) -> None:
     async with db.transaction() as s:
         ev = (await s.execute(select(Event))).scalar_one()
     assert ev.at == at and ev.at.tzinfo is not None and ev.data == {"x": 1}
+
+
+async def test_nul_characters_in_text_are_stored_as_replacement_characters(
+    db: Database,
+) -> None:
+    """PostgreSQL refuses U+0000 in text; a user's message with one must not fail its event
+    (and, on Telegram, hold back every later update until it succeeds)."""
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    async with db.transaction() as s:
+        assert await claim_event(s, "memory", "id\x00", now)
+        await log_event(s, "probe", actor="ann\x00", at=now, text="a\x00b")
+    async with db.transaction() as s:
+        assert not await claim_event(s, "memory", "id\x00", now)
+        ev = (await s.execute(select(Event))).scalar_one()
+    assert ev.actor == "ann\ufffd"
+    assert ev.data == {"text": "a\x00b"}  # inside JSON it travels escaped, and comes back
 
 
 async def test_naive_datetimes_are_refused(db: Database) -> None:

@@ -30,6 +30,9 @@ BUSY_TIMEOUT = 30.0  # seconds a SQLite unit of work waits for another process's
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
+# PostgreSQL cannot store U+0000 in text; it is stored as U+FFFD on every backend.
+NUL, NUL_STANDIN = "\x00", "\ufffd"
+
 
 class WriteQueue:
     """One writer at a time, first come first served, except that urgent writers go first."""
@@ -102,6 +105,9 @@ class Database:
                 # is then retried, rather than hang it: asyncpg has no timeout by default.
                 kwargs["connect_args"] = {"command_timeout": PG_COMMAND_TIMEOUT}
         self.engine: AsyncEngine = create_async_engine(inline or url, **kwargs)
+        event.listen(
+            self.engine.sync_engine, "before_cursor_execute", _without_nul, retval=True
+        )
         if self.sqlite:
             self._setup_sqlite()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -165,6 +171,30 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def _without_nul(
+    _conn: Connection,
+    _cursor: Any,
+    statement: str,
+    parameters: Any,
+    _context: Any,
+    _executemany: bool,
+) -> tuple[str, Any]:
+    """Statement parameters with every NUL character replaced (text from users is data)."""
+    return statement, _replace_nul(parameters)
+
+
+def _replace_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(NUL, NUL_STANDIN) if NUL in value else value
+    if isinstance(value, tuple):
+        return tuple(_replace_nul(v) for v in value)
+    if isinstance(value, list):
+        return [_replace_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_nul(v) for k, v in value.items()}
+    return value
 
 
 def alembic_config() -> Config:

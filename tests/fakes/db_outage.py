@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from types import TracebackType
+
 from sqlalchemy.engine import make_url
 
 from bot.storage.db import Database

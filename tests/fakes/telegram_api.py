@@ -188,6 +188,16 @@ class _Broken(Exception):
 
 
 @dataclass
+class Hold:
+    """A call kept waiting until the test releases it: a slow platform."""
+
+    method: str
+    chat_id: int | None
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class FakeChat:
     """A chat the fake knows."""
 
@@ -285,6 +295,7 @@ class FakeTelegramAPI:
         self.webhook: dict[str, Any] | None = None
         self.commands: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        self.holds: list[Hold] = []
         self.file_ids: set[str] = set()
         self._update_ids = itertools.count(1)
         self._msg_ids: dict[int, itertools.count[int]] = {}
@@ -315,6 +326,8 @@ class FakeTelegramAPI:
         self._closing = True
         self._arrived.set()
         self._released.set()
+        for hold in self.holds:
+            hold.release.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -355,6 +368,9 @@ class FakeTelegramAPI:
         params = await self._params(request)
         call = Call(method, params)
         self.calls.append(call)
+        hold = self._take_hold(method, params)
+        if hold is not None:
+            await hold.release.wait()
         try:
             try:
                 self._inject_fault(method, params)
@@ -436,6 +452,23 @@ class FakeTelegramAPI:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
         return web.Response(status=502)  # never reaches the client
+
+    def hold_next(self, method: str, *, chat_id: int | None = None) -> Hold:
+        """Keep the next call of ``method`` (to ``chat_id``) unanswered until ``release``
+        is set; ``arrived`` is set once the bot made the call."""
+        hold = Hold(method.lower(), chat_id)
+        self.holds.append(hold)
+        return hold
+
+    def _take_hold(self, method: str, params: dict[str, Any]) -> Hold | None:
+        chat_id = _int(params.get("chat_id"))
+        for hold in self.holds:
+            if hold.arrived.is_set() or hold.method != method.lower():
+                continue
+            if hold.chat_id is None or hold.chat_id == chat_id:
+                hold.arrived.set()
+                return hold
+        return None
 
     def clear_faults(self) -> None:
         """Forget every queued failure."""

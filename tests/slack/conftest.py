@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from bot.outbox import Dispatcher
 from config.settings import DatabaseSettings, Settings, SlackSettings
 from handlers.server import build_web
 from handlers.slack import SlackChannel
-from tests.conftest import sqlite_url
 from tests.fakes.slack_api import (
     ApiCall,
     FakeSlackApi,
@@ -36,9 +34,7 @@ L3 = "C0L3DESK"
 ANN, BOB, EVE = "UANN", "UBOB", "UEVE"
 
 
-def slack_settings(
-    tmp_path: Path, api: FakeSlackApi, database_url: str | None = None, **slack: Any
-) -> Settings:
+def slack_settings(api: FakeSlackApi, database_url: str, **slack: Any) -> Settings:
     """Settings for Slack against the fake: HTTP mode unless ``app_token`` is given."""
     values: dict[str, Any] = {
         "bot_token": SecretStr("xoxb-test-token"),
@@ -49,7 +45,7 @@ def slack_settings(
     }
     values.update(slack)
     return Settings(
-        database=DatabaseSettings(url=database_url or sqlite_url(tmp_path)),
+        database=DatabaseSettings(url=database_url),
         slack=SlackSettings(**values),
     )
 
@@ -70,9 +66,9 @@ async def slack_api() -> AsyncIterator[FakeSlackApi]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, slack_api: FakeSlackApi, database_url: str) -> Settings:
+def settings(slack_api: FakeSlackApi, database_url: str) -> Settings:
     """The root ``app`` fixture builds the app from these."""
-    return slack_settings(tmp_path, slack_api, database_url)
+    return slack_settings(slack_api, database_url)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from sqlalchemy import select
 
@@ -57,8 +56,8 @@ async def test_other_platform_user_with_the_desk_in_slack(slack: Slack, app: App
     assert not [c for c in slack.api.posts() if str(c.params["channel"]).startswith("D")]
 
 
-async def _app(tmp_path: Path, api: FakeSlackApi, clock: FakeClock) -> AsyncIterator[App]:
-    settings = slack_settings(tmp_path, api)
+async def _app(database_url: str, api: FakeSlackApi, clock: FakeClock) -> AsyncIterator[App]:
+    settings = slack_settings(api, database_url)
     settings.escalation = EscalationSettings(default_destination="memory:l2")
     app = await App.create(settings, clock)
     try:
@@ -68,9 +67,9 @@ async def _app(tmp_path: Path, api: FakeSlackApi, clock: FakeClock) -> AsyncIter
 
 
 async def test_slack_user_with_the_desk_elsewhere(
-    tmp_path: Path, slack_api: FakeSlackApi, clock: FakeClock
+    database_url: str, slack_api: FakeSlackApi, clock: FakeClock
 ) -> None:
-    async for app in _app(tmp_path, slack_api, clock):
+    async for app in _app(database_url, slack_api, clock):
         async for slack in make_slack(app, slack_api):
             mem = MemoryChannel(app)
             ticket = await escalate(slack)

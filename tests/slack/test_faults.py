@@ -8,8 +8,6 @@ locked by another connection beyond the busy timeout.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any

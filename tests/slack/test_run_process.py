@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
@@ -21,16 +20,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_firstline_run_answers_a_signed_dm(tmp_path: Path, slack_api: FakeSlackApi) -> None:
+async def test_firstline_run_answers_a_signed_dm(
+    tmp_path: Path, slack_api: FakeSlackApi, process_env: dict[str, str]
+) -> None:
     port = _free_port()
     env = {
-        **os.environ,
+        **process_env,
         "SLACK_BOT_TOKEN": "xoxb-process-test",
         "SLACK_SIGNING_SECRET": SECRET,
         "SLACK_API_URL": slack_api.api_url,
         "SLACK_L2_CHANNEL": L2,
         "FIRSTLINE_HTTP_PORT": str(port),
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'run.db'}",
     }
     firstline = Path(sys.executable).with_name("firstline")
     log_path = tmp_path / "firstline.log"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from sqlalchemy import select
 
@@ -79,12 +78,12 @@ async def test_non_member_click_is_refused_and_told(slack: Slack) -> None:
 
 
 async def test_consultants_list_refuses_other_members(
-    tmp_path: Path, slack_api: FakeSlackApi, clock: FakeClock
+    database_url: str, slack_api: FakeSlackApi, clock: FakeClock
 ) -> None:
     carol = "UCAROL"
     slack_api.add_user(carol, "carol")
     slack_api.members[L2].append(carol)
-    app = await App.create(slack_settings(tmp_path / "c", slack_api, consultants=[BOB]), clock)
+    app = await App.create(slack_settings(slack_api, database_url, consultants=[BOB]), clock)
     try:
         async for slack in make_slack(app, slack_api):
             await escalate(slack)

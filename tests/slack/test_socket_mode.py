@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
@@ -17,10 +15,10 @@ from tests.slack.conftest import ANN, slack_settings
 
 
 async def test_intake_over_socket_mode(
-    tmp_path: Path, slack_api: FakeSlackApi, clock: FakeClock
+    database_url: str, slack_api: FakeSlackApi, clock: FakeClock
 ) -> None:
     settings = slack_settings(
-        tmp_path, slack_api, app_token=SecretStr("xapp-1-test"), signing_secret=None
+        slack_api, database_url, app_token=SecretStr("xapp-1-test"), signing_secret=None
     )
     app = await App.create(settings, clock)
     channel = SlackChannel(app)

@@ -1,18 +1,14 @@
 """The Telegram adapter against the fake Bot API server: fixtures and a small driver.
 
-Tests run the real app on a fresh SQLite file, the real :class:`TelegramChannel` (aiogram,
-real HTTP to 127.0.0.1), and step it deterministically: ``poll_once`` fetches and commits
+Tests run the real app on the test's fresh database, the real :class:`TelegramChannel`
+(aiogram, real HTTP to 127.0.0.1), and step it deterministically: ``poll_once`` fetches and commits
 what the fake has queued, ``drain`` delivers the outbox — no sleeping on real time.
 """
 
 from __future__ import annotations
 
-import copy
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +16,7 @@ from pydantic import SecretStr
 
 from bot.app import App
 from bot.clock import FakeClock
-from bot.content import load_content as load_content_orig
 from bot.outbox import Dispatcher
-from bot.storage.db import Database
 from config.settings import DatabaseSettings, EscalationSettings, Settings, TelegramSettings
 from handlers.telegram import TelegramChannel
 from handlers.telegram_sender import RateLimits
@@ -30,45 +24,6 @@ from tests.fakes.telegram_api import FakeMessage, FakeTelegramAPI, FakeUser
 
 L2 = -1001234567890
 FOREIGN = -1009999
-
-_CACHE: dict[str, Any] = {}
-
-
-@pytest.fixture(autouse=True)
-def _fast_content(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parse the bundled content and KB once per session; each app gets its own deep copy
-    (the matcher learns from feedback, so sharing one object would leak between tests)."""
-    import bot.app as app_module
-
-    real_load, real_build = load_content_orig, app_module.build_kb
-
-    def load_content(settings: Settings) -> Any:
-        if "content" not in _CACHE:
-            _CACHE["content"] = real_load(settings)
-        return copy.deepcopy(_CACHE["content"])
-
-    def build_kb(settings: Settings, content: Any) -> Any:
-        if "kb" not in _CACHE:
-            _CACHE["kb"] = real_build(settings, content)
-        return copy.deepcopy(_CACHE["kb"])
-
-    monkeypatch.setattr(app_module, "load_content", load_content)
-    monkeypatch.setattr(app_module, "build_kb", build_kb)
-
-
-async def migrated_db(tmp_path: Path) -> str:
-    """A migrated SQLite file for this test, copied from a template migrated once."""
-    template = _CACHE.get("db")
-    if template is None:
-        folder = Path(tempfile.mkdtemp(prefix="firstline-tg-"))
-        template = folder / "template.db"
-        db = Database(f"sqlite+aiosqlite:///{template}")
-        await db.upgrade()
-        await db.dispose()
-        _CACHE["db"] = template
-    target = tmp_path / "tg.db"
-    shutil.copyfile(template, target)
-    return f"sqlite+aiosqlite:///{target}"
 
 
 @pytest.fixture
@@ -82,11 +37,11 @@ async def fake() -> AsyncIterator[FakeTelegramAPI]:
         await api.close()
 
 
-def tg_settings(tmp_path: Path, fake: FakeTelegramAPI, **telegram: Any) -> Settings:
+def tg_settings(fake: FakeTelegramAPI, database_url: str, **telegram: Any) -> Settings:
     """Settings that route tickets to ``telegram:<L2>`` through the fake."""
     esc = telegram.pop("escalation", None) or EscalationSettings()
     return Settings(
-        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'tg.db'}"),
+        database=DatabaseSettings(url=database_url),
         telegram=TelegramSettings(
             bot_token=SecretStr(fake.token),
             api_url=fake.url,
@@ -202,14 +157,15 @@ def thread_of(msg: FakeMessage) -> int:
 
 
 @pytest.fixture
-async def make_tg(fake: FakeTelegramAPI, tmp_path: Path, clock: FakeClock) -> AsyncIterator[MakeTg]:
+async def make_tg(
+    fake: FakeTelegramAPI, database_url: str, clock: FakeClock
+) -> AsyncIterator[MakeTg]:
     """Build a driver: ``await make_tg(forum=True, consultants=[...])``."""
     made: list[Tg] = []
 
     async def build(*, forum: bool = False, **telegram: Any) -> Tg:
         fake.add_group(L2, "L2 desk", forum=forum)
-        settings = tg_settings(tmp_path, fake, **telegram)
-        settings.database.url = await migrated_db(tmp_path)
+        settings = tg_settings(fake, database_url, **telegram)
         app = await App.create(settings, clock, migrate=False)
         channel = TelegramChannel(app, limits=RateLimits.unlimited(), album_window=0.2)
         dispatcher = app.dispatcher({channel.name: channel.sender})

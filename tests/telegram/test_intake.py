@@ -81,6 +81,21 @@ async def test_user_text_is_escaped_everywhere(make_tg: MakeTg) -> None:
     assert tg.fake.sent(L2)[-1].text.endswith("a <i>b</i> & c")
 
 
+async def test_a_nul_character_from_a_consultant_is_stored_and_relayed(
+    make_tg: MakeTg,
+) -> None:
+    """PostgreSQL refuses U+0000 in text: the event used to fail until it was skipped."""
+    tg: Tg = await make_tg(forum=True)
+    ann, bob = tg.user("Ann", 5001), tg.user("Bob", 9001)
+    await tg.escalate(ann)
+    await tg.press(bob, "Take", chat_id=L2)
+    await tg.in_thread(bob, "try \x00 again")
+    assert tg.last(ann) == "Bob: try \x00 again"
+    async with tg.app.db.transaction() as s:
+        texts = (await s.execute(select(TicketMessage.text))).scalars().all()
+    assert "try \ufffd again" in texts
+
+
 async def test_unsupported_messages_get_a_helpful_reply(make_tg: MakeTg) -> None:
     tg: Tg = await make_tg()
     ann = tg.user("Ann", 5001)

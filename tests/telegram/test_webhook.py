@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -18,7 +17,7 @@ from bot.storage.models import ProcessedEvent
 from handlers.telegram import WEBHOOK_PATH, TelegramChannel
 from handlers.telegram_sender import RateLimits
 from tests.fakes.telegram_api import FakeTelegramAPI
-from tests.telegram.conftest import L2, migrated_db, tg_settings
+from tests.telegram.conftest import L2, tg_settings
 
 Hooked = tuple[TelegramChannel, App]
 
@@ -31,17 +30,16 @@ def _free_port() -> int:
 
 @pytest.fixture
 async def hooked(
-    fake: FakeTelegramAPI, tmp_path: Path, clock: FakeClock
+    fake: FakeTelegramAPI, database_url: str, clock: FakeClock
 ) -> AsyncIterator[tuple[TelegramChannel, App]]:
     port = _free_port()
     fake.add_group(L2)
     settings = tg_settings(
-        tmp_path,
         fake,
+        database_url,
         webhook_url=f"http://127.0.0.1:{port}{WEBHOOK_PATH}",
         webhook_secret="s3cret-token",
     )
-    settings.database.url = await migrated_db(tmp_path)
     app = await App.create(settings, clock, migrate=False)
     channel = TelegramChannel(app, limits=RateLimits.unlimited(), album_window=0.1)
     web_app = web.Application()
