@@ -396,7 +396,7 @@ async def test_the_dispatcher_waits_for_a_wake_once_nothing_is_left_behind(db: D
     claims = 0
     claim = d._claim
 
-    async def counting(now: datetime, limit: int) -> list[Outbox]:
+    async def counting(now: datetime, limit: int) -> list[tuple[Outbox, bool]]:
         nonlocal claims
         claims += 1
         return await claim(now, limit)

@@ -17,7 +17,6 @@ import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,7 +31,7 @@ from bot.storage.models import Outbox, ProcessedEvent
 from handlers.telegram import WEBHOOK_PATH, TelegramChannel
 from handlers.telegram_sender import RateLimits
 from tests.fakes.telegram_api import FakeTelegramAPI, FakeUser
-from tests.telegram.conftest import FOREIGN, L2, migrated_db, tg_settings
+from tests.telegram.conftest import FOREIGN, L2, tg_settings
 from tests.test_fuzz import (
     ErrorLog,
     any_text,
@@ -338,7 +337,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _build(tmp_path: Path, clock: FakeClock, *, webhook: bool) -> World:
+async def _build(database_url: str, clock: FakeClock, *, webhook: bool) -> World:
     fake = FakeTelegramAPI()
     await fake.start()
     fake.add_group(L2, "L2 desk")
@@ -348,8 +347,7 @@ async def _build(tmp_path: Path, clock: FakeClock, *, webhook: bool) -> World:
     extra: dict[str, Any] = {}
     if webhook:
         extra = {"webhook_url": f"http://127.0.0.1:{port}{WEBHOOK_PATH}", "webhook_secret": SECRET}
-    settings_ = tg_settings(tmp_path, fake, **extra)
-    settings_.database.url = await migrated_db(tmp_path)
+    settings_ = tg_settings(fake, database_url, **extra)
     app = await App.create(settings_, clock, migrate=False)
     channel = TelegramChannel(app, limits=RateLimits.unlimited(), album_window=0.02)
     world = World(fake, app, channel)
@@ -389,9 +387,9 @@ async def _escalated_ticket(world: World, post: Any) -> None:
 # ---------------------------------------------------------------------- the webhook
 
 
-def test_webhook_survives_random_updates(tmp_path: Path, clock: FakeClock) -> None:
+def test_webhook_survives_random_updates(database_url: str, clock: FakeClock) -> None:
     loop = asyncio.new_event_loop()
-    world = loop.run_until_complete(_build(tmp_path, clock, webhook=True))
+    world = loop.run_until_complete(_build(database_url, clock, webhook=True))
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
     session = loop.run_until_complete(_session())  # created inside the loop it is used in
@@ -461,11 +459,11 @@ updates_batches = st.lists(
 )
 
 
-def test_polling_survives_random_batches(tmp_path: Path, clock: FakeClock) -> None:
+def test_polling_survives_random_batches(database_url: str, clock: FakeClock) -> None:
     """Random, duplicate and out-of-order updates through ``getUpdates``: every batch is
     confirmed (nothing blocks intake), nothing crashes, nothing leaks."""
     loop = asyncio.new_event_loop()
-    world = loop.run_until_complete(_build(tmp_path, clock, webhook=False))
+    world = loop.run_until_complete(_build(database_url, clock, webhook=False))
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
     base = itertools.count(1000, 100)
