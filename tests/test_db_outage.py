@@ -71,6 +71,7 @@ def _ann(event_id: str, text: str) -> UserEvent:
     return UserEvent(CHANNEL, event_id, MemoryChannel.user("ann"), "ann", "message", text=text)
 
 
+@pytest.mark.sqlite  # a locked SQLite file: runs on the PostgreSQL pass too
 async def test_an_outage_ending_mid_failure_still_leaves_the_event_for_redelivery(
     lite: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,6 +103,7 @@ async def test_an_outage_ending_mid_failure_still_leaves_the_event_for_redeliver
         lock.close()
 
 
+@pytest.mark.sqlite  # a locked SQLite file: runs on the PostgreSQL pass too
 async def test_the_outbox_pauses_during_the_outage_and_resumes_after(
     lite: App, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -69,8 +69,8 @@ def _cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[st
     )
 
 
-async def test_the_status_command(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'status.db'}"
+async def test_the_status_command(tmp_path: Path, database_url: str) -> None:
+    url = database_url
     # The rows were queued 120 s before the command runs (it reads the real clock).
     clock = FakeClock(datetime.now(UTC) - timedelta(seconds=120))
     settings = Settings(

@@ -258,6 +258,7 @@ async def inline_db(tmp_path: Path) -> AsyncIterator[Database]:
         await database.dispose()
 
 
+@pytest.mark.sqlite  # about SQLite itself: runs on the PostgreSQL pass too
 async def test_plain_sqlite_urls_run_statements_in_the_loops_thread(
     inline_db: Database, tmp_path: Path
 ) -> None:
@@ -279,6 +280,7 @@ async def test_plain_sqlite_urls_run_statements_in_the_loops_thread(
     await aio.dispose()
 
 
+@pytest.mark.sqlite  # about SQLite itself: runs on the PostgreSQL pass too
 async def test_a_writer_of_another_process_is_waited_for_without_blocking_the_loop(
     inline_db: Database, tmp_path: Path
 ) -> None:
@@ -310,6 +312,7 @@ async def test_a_writer_of_another_process_is_waited_for_without_blocking_the_lo
         assert (await s.execute(select(Event.kind))).scalar_one() == "probe"
 
 
+@pytest.mark.sqlite  # about SQLite itself: runs on the PostgreSQL pass too
 async def test_waiting_for_another_process_gives_up_after_the_busy_timeout(
     inline_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -327,6 +330,7 @@ async def test_waiting_for_another_process_gives_up_after_the_busy_timeout(
         assert (await s.execute(text("SELECT 1"))).scalar_one() == 1
 
 
+@pytest.mark.sqlite  # about SQLite itself: runs on the PostgreSQL pass too
 @pytest.mark.parametrize("driver", ["", "aiosqlite"])
 async def test_units_of_work_of_one_process_queue_before_touching_sqlite(
     tmp_path: Path, driver: str
@@ -366,6 +370,7 @@ async def test_units_of_work_of_one_process_queue_before_touching_sqlite(
     await database.dispose()
 
 
+@pytest.mark.sqlite  # about SQLite itself: runs on the PostgreSQL pass too
 async def test_a_turn_of_a_known_user_reads_its_rows_in_one_query(tmp_path: Path) -> None:
     clock = FakeClock(datetime(2026, 1, 12, 7, tzinfo=UTC))
     app = await App.create(_settings(sqlite_url(tmp_path)), clock)
@@ -436,6 +441,7 @@ async def test_the_dispatcher_waits_for_a_wake_once_nothing_is_left_behind(db: D
     await runner
 
 
+@pytest.mark.sqlite  # about SQLite itself: runs on the PostgreSQL pass too
 async def test_urgent_units_of_work_go_before_queued_ones(inline_db: Database) -> None:
     order: list[str] = []
     release = asyncio.Event()
