@@ -522,8 +522,8 @@ def report(
     if res.bot_cpu_seconds and total:
         per_turn = res.bot_cpu_seconds / total
         print(
-            f"bot process CPU: {1000 * per_turn:.2f} ms per turn ({res.bot_cpu_seconds:.0f} s "
-            f"for {total} turns), i.e. at most {1 / per_turn:.0f} turns/s on one free core"
+            f"bot process CPU: {1000 * per_turn:.2f} ms per turn over both phases "
+            f"({res.bot_cpu_seconds:.0f} s for {total} turns)"
         )
     if res.lags:
         print(
