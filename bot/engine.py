@@ -588,7 +588,7 @@ class DialogEngine:
 
     async def _button(self, turn: Turn, data: str) -> HandleResult:
         nonce_s, _, action = data.partition("|")
-        if not nonce_s.isdigit() or int(nonce_s) != turn.chat.prompt_nonce or not action:
+        if not nonce_s.isdecimal() or int(nonce_s) != turn.chat.prompt_nonce or not action:
             return HandleResult(ack=t("stale_button", turn.lang), refused=True)
         kind, _, value = action.partition(":")
         conv = turn.conv
@@ -630,7 +630,7 @@ class DialogEngine:
             await self.say(turn, t("csat_thanks", turn.lang))
         elif kind == "cancel" and state == CONFIRM_CANCEL:
             await self._confirm_cancel(turn, value == "yes")
-        elif kind == "tk" and value.isdigit():
+        elif kind == "tk" and value.isdecimal():
             await self._switch_to_ticket(turn, int(value))
         elif kind == "forget" and value in ("yes", "no"):
             self.new_prompt(turn)
@@ -925,7 +925,7 @@ class DialogEngine:
         data = turn.conv.data
         ids: list[str] = list(data.get("suggested", []))
         scores: list[float] = list(data.get("suggested_scores", []))
-        if not value.isdigit() or int(value) >= len(ids):
+        if not value.isdecimal() or int(value) >= len(ids):
             await self.say(turn, t("stale_button", turn.lang))
             return
         i = int(value)

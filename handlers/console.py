@@ -202,7 +202,7 @@ class ConsoleUser:
         if text.startswith("/") and len(text) > 1 and text[1].isalpha():
             command, _, args = text[1:].partition(" ")
             return base(kind="command", command=command.lower(), args=args)
-        if text.isdigit() and self.sender.buttons:
+        if text.isdecimal() and self.sender.buttons:
             i = int(text)
             if 1 <= i <= len(self.sender.buttons):
                 return base(kind="button", data=self.sender.buttons[i - 1])

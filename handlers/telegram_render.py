@@ -233,7 +233,7 @@ class CallbackSigner:
         if not hmac.compare_digest(mac, self._mac(chat_id, body)):
             return None
         action = CODE_ACTIONS.get(parts[1])
-        if action is None or not parts[2].isdigit():
+        if action is None or not parts[2].isdecimal():
             return None
         return CardPress(action=action, number=parts[2], value=parts[3])
 

@@ -142,6 +142,8 @@ async def test_forged_and_stale_buttons_are_refused(mem: MemoryChannel, app: App
         f"{nonce}|urg:critical",  # valid action, wrong state
         "",
         "9" * 400,
+        "²|cat:account",  # a Unicode digit that int() rejects
+        f"{nonce}|tk:³",
     ]:
         res = await mem.press_data("ann", forged)
         assert res.refused, forged
