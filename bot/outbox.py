@@ -420,10 +420,10 @@ class Dispatcher:
         self, s: AsyncSession, row: Outbox, item: OutboxItem, result: SendResult, now: datetime
     ) -> None:
         if self.metrics is not None:
-            for _ in item.recovered:
-                self.metrics.deliveries.labels(row.channel, "recovered").inc()
-            for _ in item.resent:
-                self.metrics.deliveries.labels(row.channel, "resent_in_doubt").inc()
+            if item.recovered:
+                self.metrics.deliveries.labels(row.channel, "recovered").inc(len(item.recovered))
+            if item.resent:
+                self.metrics.deliveries.labels(row.channel, "resent_in_doubt").inc(len(item.resent))
         if result.ok:
             if self.metrics is not None:
                 self.metrics.deliveries.labels(row.channel, "sent").inc()

@@ -155,6 +155,13 @@ def clock() -> FakeClock:
     return FakeClock(datetime(2026, 1, 12, 7, 0, tzinfo=UTC))
 
 
+def free_port() -> int:
+    """A port of 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def sqlite_url(tmp_path: Path, name: str = "firstline.db", driver: str = "") -> str:
     """A file SQLite database in the test's folder (``driver="aiosqlite"`` for aiosqlite)."""
     scheme = f"sqlite+{driver}" if driver else "sqlite"

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from tests.conftest import free_port
 from tests.fakes.slack_api import ApiCall, FakeSlackApi, SlackRequests, event_body
 from tests.fakes.telegram_api import FakeTelegramAPI
 
@@ -92,13 +92,6 @@ targets:
     normal: {first_response: 6s, next_response: 1h, resolution: 8h}
     low: {first_response: 6s, next_response: 1h, resolution: 8h}
 """
-
-
-def free_port() -> int:
-    """A port of 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # A one-article knowledge base about something nobody in the test asks (and a fast start).

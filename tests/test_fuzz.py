@@ -14,7 +14,7 @@ import logging
 import string
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlencode
 
 import pytest
@@ -108,27 +108,7 @@ button_data = st.one_of(
         st.one_of(st.text(max_size=20), st.integers(-5, 10**6).map(str)),
     ),
 )
-agent_actions: list[AgentAction] = [
-    "message",
-    "reply",
-    "note",
-    "claim",
-    "release",
-    "reassign",
-    "wait",
-    "resolve",
-    "reopen",
-    "l3",
-    "l3_back",
-    "priority",
-    "tier",
-    "save_kb",
-    "edit",
-    "list",
-    "show",
-    "ban",
-    "unban",
-]
+agent_actions: list[AgentAction] = list(get_args(AgentAction))
 
 
 @st.composite

@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,6 +22,7 @@ from sqlalchemy import func, select
 from bot.storage.db import Database
 from bot.storage.models import Conversation, Outbox, SlaNotification, Ticket
 from config.settings import DEFAULTS_DIR
+from tests.conftest import free_port
 from tests.fakes.slack_api import FakeSlackApi, SlackRequests, block_actions, dm_event, find_element
 from tests.slack.conftest import L2, SECRET, blocks_text
 
@@ -50,19 +50,13 @@ targets:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Proc:
     """One `firstline run` process."""
 
     def __init__(
         self, tmp_path: Path, name: str, api: FakeSlackApi, content: Path, database_url: str
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = tmp_path / f"{name}.log"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "SLACK_"))},

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 
+from tests.conftest import free_port
 from tests.fakes.slack_api import FakeSlackApi, SlackRequests, dm_event
 from tests.slack.conftest import ANN, L2, SECRET
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_firstline_run_answers_a_signed_dm(
     tmp_path: Path, slack_api: FakeSlackApi, process_env: dict[str, str]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **process_env,
         "SLACK_BOT_TOKEN": "xoxb-process-test",

@@ -8,7 +8,6 @@ connection beyond the busy timeout (``tests/fakes/db_outage.py``).
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -22,6 +21,7 @@ from bot.outbox import MAX_ATTEMPTS
 from bot.storage.models import Outbox, ProcessedEvent
 from handlers.telegram import MAX_HANDLE_ATTEMPTS, WEBHOOK_PATH, TelegramChannel
 from handlers.telegram_sender import RateLimits
+from tests.conftest import free_port
 from tests.fakes.db_outage import SqliteLock, short_busy_timeout
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.telegram.conftest import L2, MakeTg, Tg, tg_settings
@@ -194,18 +194,12 @@ async def test_polling_waits_out_a_database_outage_without_skipping_the_update(
     assert tg.fake.confirmed == uid + 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def hooked(
     fake: FakeTelegramAPI, database_url: str, clock: FakeClock
 ) -> AsyncIterator[tuple[TelegramChannel, App]]:
     """The channel in webhook mode on a local server, its app on a short busy timeout."""
-    port = _free_port()
+    port = free_port()
     fake.add_group(L2)
     settings = tg_settings(
         fake, database_url, webhook_url=f"http://127.0.0.1:{port}{WEBHOOK_PATH}"

@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import json
 import logging
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -30,6 +29,7 @@ from bot.clock import FakeClock
 from bot.storage.models import Outbox, ProcessedEvent
 from handlers.telegram import WEBHOOK_PATH, TelegramChannel
 from handlers.telegram_sender import RateLimits
+from tests.conftest import free_port
 from tests.fakes.telegram_api import FakeTelegramAPI, FakeUser
 from tests.telegram.conftest import FOREIGN, L2, tg_settings
 from tests.test_fuzz import (
@@ -331,19 +331,13 @@ class World:
                     assert other == uid or marker not in seen, (uid, other, seen[:300])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _build(database_url: str, clock: FakeClock, *, webhook: bool) -> World:
     fake = FakeTelegramAPI()
     await fake.start()
     fake.add_group(L2, "L2 desk")
     fake.add_group(FOREIGN, "random")
     fake.chats[CHANNEL_CHAT] = fake.add_group(CHANNEL_CHAT, "news")
-    port = _free_port()
+    port = free_port()
     extra: dict[str, Any] = {}
     if webhook:
         extra = {"webhook_url": f"http://127.0.0.1:{port}{WEBHOOK_PATH}", "webhook_secret": SECRET}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ from sqlalchemy import update
 
 from bot.storage.db import Database
 from bot.storage.models import Outbox
+from tests.conftest import free_port
 from tests.fakes.telegram_api import FakeTelegramAPI, FakeUser
 from tests.telegram.conftest import L2
 
 FIRSTLINE = Path(sys.executable).with_name("firstline")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Proc:
@@ -81,7 +75,7 @@ async def test_kill_and_restart_loses_and_duplicates_nothing(
         TELEGRAM_API_URL=fake.url,
         TELEGRAM_L2_CHAT_ID=str(L2),
         FIRSTLINE_HTTP_HOST="127.0.0.1",
-        FIRSTLINE_HTTP_PORT=str(_free_port()),
+        FIRSTLINE_HTTP_PORT=str(free_port()),
         FIRSTLINE_LOG_LEVEL="INFO",
     )
     log = tmp_path / "firstline.log"

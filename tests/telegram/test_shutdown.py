@@ -18,9 +18,10 @@ from sqlalchemy import select
 
 from bot.storage.db import Database
 from bot.storage.models import Outbox
+from tests.conftest import free_port
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.telegram.conftest import L2
-from tests.telegram.test_restart import FIRSTLINE, _free_port
+from tests.telegram.test_restart import FIRSTLINE
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -46,7 +47,7 @@ async def test_sigterm_finishes_the_call_in_flight_and_the_replies_queued_behind
         "TELEGRAM_API_URL": fake.url,
         "TELEGRAM_L2_CHAT_ID": str(L2),
         "FIRSTLINE_HTTP_HOST": "127.0.0.1",
-        "FIRSTLINE_HTTP_PORT": str(_free_port()),
+        "FIRSTLINE_HTTP_PORT": str(free_port()),
         "FIRSTLINE_LOG_LEVEL": "INFO",
     }
     log = tmp_path / "firstline.log"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -16,23 +15,18 @@ from bot.clock import FakeClock
 from bot.storage.models import ProcessedEvent
 from handlers.telegram import WEBHOOK_PATH, TelegramChannel
 from handlers.telegram_sender import RateLimits
+from tests.conftest import free_port
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.telegram.conftest import L2, tg_settings
 
 Hooked = tuple[TelegramChannel, App]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def hooked(
     fake: FakeTelegramAPI, database_url: str, clock: FakeClock
 ) -> AsyncIterator[tuple[TelegramChannel, App]]:
-    port = _free_port()
+    port = free_port()
     fake.add_group(L2)
     settings = tg_settings(
         fake,
