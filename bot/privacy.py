@@ -30,6 +30,7 @@ from bot.storage.models import (
     Chat,
     Conversation,
     Event,
+    Inbox,
     KbDraft,
     KbImpression,
     KbQuery,
@@ -242,6 +243,13 @@ async def erase_user(s: AsyncSession, user: User, now: datetime) -> Counter[str]
         for row in rows.scalars():
             row.payload = scrub(row.payload or {})
             counts["outbox"] += 1
+    # Requests of the user still parked for replay hold their raw text; a replay after the
+    # erasure would also bring back what came before it.
+    parked = await s.execute(select(Inbox).where(Inbox.channel == user.channel))
+    for request in parked.scalars():
+        if (request.body or {}).get("user") == user.external_id:
+            await s.delete(request)
+            counts["inbox"] += 1
     erase_user_row(user)
     user.erased_at = now
     user.updated_at = now
@@ -319,6 +327,11 @@ async def apply_retention(db: Database, clock: Clock, older_than: timedelta) -> 
         counts["users"] += await _retire_silent_users(s, cutoff)
         res = await s.execute(delete(ProcessedEvent).where(ProcessedEvent.processed_at < cutoff))
         counts["processed_events"] = int(getattr(res, "rowcount", 0) or 0)
+        # A request parked for replay for the whole period will not be replayed usefully;
+        # its raw text must not outlive the period.
+        res = await s.execute(delete(Inbox).where(Inbox.created_at < cutoff))
+        if stale := int(getattr(res, "rowcount", 0) or 0):
+            counts["inbox"] = stale
     return dict(counts)
 
 

@@ -582,7 +582,7 @@ class SlackChannel:
             await self._bounded(
                 self._message(event, event_id),
                 f"message {event_id}",
-                ("message", event_id, {"event": event}),
+                ("message", event_id, {"event": event, "user": event.get("user")}),
             )
 
     async def _message(self, event: dict[str, Any], event_id: str) -> None:
@@ -760,7 +760,11 @@ class SlackChannel:
         await self._bounded(
             self._user_button(body, action),
             "button",
-            ("button", _press_id("btn", body, action), {"body": body, "action": action}),
+            (
+                "button",
+                _press_id("btn", body, action),
+                {"body": body, "action": action, "user": _actor(body)},
+            ),
         )
         await ack()
 
@@ -822,7 +826,11 @@ class SlackChannel:
         await self._bounded(
             self._card_action(body, action, respond),
             "card action",
-            ("card", _press_id("act", body, action), {"body": body, "action": action}),
+            (
+                "card",
+                _press_id("act", body, action),
+                {"body": body, "action": action, "user": _actor(body)},
+            ),
         )
         await ack()
 
@@ -892,7 +900,7 @@ class SlackChannel:
         refusal = await self._bounded(
             self._command(command, event_id),
             f"command {command.get('command')}",
-            ("command", event_id, {"command": command}),
+            ("command", event_id, {"command": command, "user": command.get("user_id")}),
         )
         if refusal:
             await ack(text=refusal)
@@ -984,10 +992,14 @@ class SlackChannel:
         return {"type": "home", "blocks": blocks}
 
 
+def _actor(body: dict[str, Any]) -> str:
+    """The Slack user id of whoever pressed a button ("" when absent)."""
+    return str((body.get("user") or {}).get("id") or "")
+
+
 def _press_id(prefix: str, body: dict[str, Any], action: dict[str, Any]) -> str:
     """The event id of a button press: the same on every delivery and replay of it."""
-    user_id = str((body.get("user") or {}).get("id") or "")
-    return f"{prefix}:{user_id}:{action.get('action_ts') or body.get('trigger_id')}"
+    return f"{prefix}:{_actor(body)}:{action.get('action_ts') or body.get('trigger_id')}"
 
 
 _OBJECT_FIELDS = ("view", "message", "container", "state", "event")

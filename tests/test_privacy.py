@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import JSON, String, Text, select
 
+from bot import inbox
 from bot.app import App
 from bot.clock import FakeClock
 from bot.domain import Attachment, UserRef
@@ -99,6 +100,10 @@ async def test_forget_erases_everything_personal_and_keeps_the_figures(
     clock.advance(timedelta(minutes=1))
     until = clock.now()
     before = await _report(app, since, until, until)
+    # Requests parked for replay (an adapter acknowledged them before their work committed).
+    for who in ("ann", "bob"):
+        body = {"event": {"text": f"parked {MARK[who]}parked"}, "user": who}
+        await inbox.park(app.db, CHANNEL, f"ev-{who}", "message", body, clock.now())
     assert await _scan(app, MARK["ann"])  # the seed is really there
 
     clock.advance(timedelta(minutes=1))
@@ -127,6 +132,7 @@ async def test_forget_erases_everything_personal_and_keeps_the_figures(
     assert user.erased_at is not None and user.display_name == "" and user.username is None
     # Bob's data is untouched, and his ticket goes on.
     assert "ticket_messages.text" in await _scan(app, MARK["bob"])
+    assert [r.event_id for r in await inbox.parked(app.db, CHANNEL)] == ["ev-bob"]
     assert other.status == "in_progress"
     # Ann can start again; the bot still speaks to her.
     await mem.say("ann", "hello again")
@@ -157,15 +163,20 @@ async def test_retention_anonymises_old_finished_work_only(app: App, clock: Fake
     before = await _report(app, since, until, until)
     clock.advance(timedelta(days=4))
     assert await app.desk.close_stale(clock.now()) == 1
+    old_body = {"event": {"text": f"stuck {MARK['ann']}parked"}, "user": "ann"}
+    await inbox.park(app.db, CHANNEL, "ev-old", "message", old_body, clock.now())
     clock.advance(timedelta(days=40))
     await mem.say("bob", f"vpn problem {MARK['bob']}recent")  # recent: must stay
+    new_body = {"event": {"text": "recent"}, "user": "bob"}
+    await inbox.park(app.db, CHANNEL, "ev-new", "message", new_body, clock.now())
     async with app.db.transaction() as s:
         old_ids = (await s.execute(select(ProcessedEvent))).all()
     assert old_ids
 
     counts = await apply_retention(app.db, clock, timedelta(days=30))
 
-    assert counts["tickets"] == 1 and counts["conversations"] >= 2
+    assert counts["tickets"] == 1 and counts["conversations"] >= 2 and counts["inbox"] == 1
+    assert [r.event_id for r in await inbox.parked(app.db, CHANNEL)] == ["ev-new"]
     assert counts["processed_events"] >= 10 and counts["users"] == 1
     assert await _scan(app, MARK["ann"]) == []
     assert await _scan(app, MARK["bob"])  # newer than the period

@@ -308,7 +308,9 @@ async def test_slow_work_is_parked_before_the_ack_and_replayed_after_a_crash(
         slack.requests.event(dm_event(ANN, "hello"), event_id="Ev0SLOW1"), settle=False
     )
     assert status == 200  # acknowledged while the work still waits for users.info ...
-    assert [r.event_id for r in await inbox.parked(slack.app.db, "slack")] == ["Ev0SLOW1"]
+    parked = await inbox.parked(slack.app.db, "slack")
+    assert [r.event_id for r in parked] == ["Ev0SLOW1"]
+    assert parked[0].body["user"] == ANN  # what /forget finds it by
     # ... and then the process is killed: the work in flight is gone.
     for task in list(slack.channel._tasks):
         task.cancel()
