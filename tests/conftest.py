@@ -8,7 +8,9 @@ import functools
 import os
 import shutil
 import socket
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -171,6 +173,8 @@ def sqlite_url(tmp_path: Path, name: str = "firstline.db", driver: str = "") -> 
 # FIRSTLINE_TEST_DB=postgresql runs every test that uses ``database_url`` on PostgreSQL
 # (FIRSTLINE_TEST_PG_URL names the server and a database to connect to for admin work).
 TEST_DB = os.environ.get("FIRSTLINE_TEST_DB", "sqlite")
+# A test database whose run started this long ago and that nobody uses is a killed run's.
+STALE_TEST_DB_SECONDS = 6 * 3600
 
 
 class PgDatabases:
@@ -178,14 +182,38 @@ class PgDatabases:
 
     Each is created on first use and dropped when the worker ends. Names carry the test
     run's id and the xdist worker, so parallel runs from several checkouts on one server
-    never touch each other's data; a run killed before its end leaves ``fl_test_*``
-    databases behind, which are safe to drop by hand.
+    never touch each other's data. The names start with the run's start time, so a run
+    killed before its end leaves databases that a later run drops (:meth:`drop_stale`).
     """
 
-    def __init__(self, server_url: str, run_id: str, worker: str) -> None:
+    def __init__(self, server_url: str, run_id: str, worker: str, started: int) -> None:
         self.server = make_url(server_url)
-        self.prefix = f"fl_test_{run_id}_{worker}".replace("-", "_").lower()
+        self.prefix = f"fl_test_{started}_{run_id}_{worker}".replace("-", "_").lower()
         self.created: set[str] = set()
+
+    async def drop_stale(self, now: int, older_than: int = STALE_TEST_DB_SECONDS) -> list[str]:
+        """Drop the databases of runs that started over ``older_than`` seconds ago and hold
+        no connection (a run killed before its end); the names dropped."""
+        admin = await asyncpg.connect(self._dsn(self.server.database or "postgres"))
+        dropped: list[str] = []
+        try:
+            rows = await admin.fetch(
+                "SELECT d.datname FROM pg_database d WHERE d.datname ~ '^fl_test_[0-9]{10}_'"
+                " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)"
+            )
+            for row in rows:
+                name = str(row["datname"])
+                started = int(name.split("_")[2])
+                if started < 1_700_000_000 or now - started < older_than:  # not a start time
+                    continue
+                try:
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                    dropped.append(name)
+                except asyncpg.PostgresError:
+                    continue  # somebody connected meanwhile, or another worker dropped it
+        finally:
+            await admin.close()
+        return dropped
 
     def _dsn(self, database: str) -> str:
         return self.server.set(drivername="postgresql", database=database).render_as_string(
@@ -278,7 +306,12 @@ def pg_databases(request: pytest.FixtureRequest) -> Iterator[PgDatabases | None]
         return
     workerinput = getattr(request.config, "workerinput", {})
     run_id = str(workerinput.get("testrunuid", uuid.uuid4().hex))[:10]
-    dbs = PgDatabases(PG_URL, run_id, str(workerinput.get("workerid", "main")))
+    worker = str(workerinput.get("workerid", "main"))
+    dbs = PgDatabases(PG_URL, run_id, worker, int(time.time()))
+    if worker in ("main", "gw0"):
+        dropped = asyncio.run(dbs.drop_stale(int(time.time())))
+        if dropped:
+            print(f"dropped {len(dropped)} test databases left by killed runs", file=sys.stderr)
     yield dbs
     asyncio.run(dbs.drop_all())
 
