@@ -69,11 +69,17 @@ def build_channels(app: App) -> list[PlatformChannel]:
     return channels
 
 
-def build_web(app: App) -> web.Application:
-    """The HTTP server with the health endpoint; channels add their routes."""
+def build_web(app: App, stopping: asyncio.Event | None = None) -> web.Application:
+    """The HTTP server with the health endpoint; channels add their routes.
+
+    Once ``stopping`` is set (shutdown began) ``/healthz`` answers 503, so a load balancer
+    sends nothing more here while the last replies go out.
+    """
     web_app = web.Application(client_max_size=8 * 1024 * 1024)
 
     async def healthz(_request: web.Request) -> web.Response:
+        if stopping is not None and stopping.is_set():
+            return web.json_response({"status": "stopping"}, status=503)
         try:
             stats = await outbox_stats(app.db, app.clock.now())
         except Exception as exc:  # the database is down: say so, with 503
@@ -189,7 +195,7 @@ async def serve(
 
     app = await App.create(settings, clock)
     channels = build_channels(app)
-    web_app = build_web(app)
+    web_app = build_web(app, stopping=stop)
     for ch in channels:
         ch.mount(web_app)
     dispatcher = app.dispatcher({ch.name: ch.sender for ch in channels})

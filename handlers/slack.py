@@ -208,6 +208,7 @@ class SlackChannel:
         self._members: dict[str, tuple[float, frozenset[str]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._parked: set[str] = set()  # parked requests whose work still runs here
+        self._stopping = False  # set by stop(): HTTP requests are refused from then on
         self._replayer: asyncio.Task[None] | None = None
         # Requests wait for the first replay of what a previous process parked (set then).
         self._replayed = asyncio.Event()
@@ -260,7 +261,9 @@ class SlackChannel:
         log.info("Slack Socket Mode connected")
 
     async def stop(self) -> None:
-        """Close the socket, then let in-flight work finish (bounded)."""
+        """Close the socket, then let in-flight work finish (bounded). HTTP requests from
+        now on get 503: Slack retries events later (the next process takes them)."""
+        self._stopping = True
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._replayer is not None:
@@ -284,6 +287,8 @@ class SlackChannel:
 
     async def handle_http(self, request: web.Request) -> web.Response:
         """One Slack HTTP request through bolt (verification, routing, ack)."""
+        if self._stopping:
+            return web.Response(status=503, text="shutting down", headers={"Retry-After": "5"})
         try:
             bolt_req = await to_bolt_request(request)
         except (ValueError, TypeError, AttributeError, KeyError):

@@ -543,6 +543,8 @@ class TelegramChannel:
         if not hmac.compare_digest(given.encode(), self.secret.encode()):
             log.warning("webhook request with a wrong secret from %s", request.remote)
             return web.Response(status=401, text="unauthorized")
+        if self._stopping.is_set():  # shutting down: Telegram re-sends it to the next process
+            return web.Response(status=503, text="retry")
         try:
             data = await request.json()
             update = self.parse_update(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -70,3 +71,12 @@ async def test_export_writes_tickets_and_events_as_json_lines(mem: MemoryChannel
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "conversation_started" and "ticket_opened" in kinds
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+
+
+async def test_healthz_says_stopping_during_shutdown(app: App) -> None:
+    stopping = asyncio.Event()
+    async with TestClient(TestServer(build_web(app, stopping=stopping))) as client:
+        assert (await client.get("/healthz")).status == 200
+        stopping.set()
+        resp = await client.get("/healthz")
+        assert resp.status == 503 and (await resp.json())["status"] == "stopping"

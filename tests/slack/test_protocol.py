@@ -133,3 +133,20 @@ async def test_support_command_answers_in_the_dm(slack: Slack) -> None:
     assert "Did this solve" in slack.last_dm(ANN)
     opened = slack.api.calls_to("conversations.open")
     assert opened and opened[0].params["users"] == ANN
+
+
+async def test_after_stop_requests_get_503_and_slacks_retry_is_handled_later(
+    slack: Slack,
+) -> None:
+    """During shutdown (the last replies still going out) nothing new is taken in: Slack
+    hears 503 and retries the event, which the next process handles once."""
+    await slack.channel.stop()
+    event = dm_event(ANN, "hello while stopping")
+    status, _ = await slack.post(slack.requests.event(event, event_id="Ev0STOP1"))
+    assert status == 503
+    assert (await slack.http.get("/healthz")).status == 200  # the server's flag, not ours
+    assert await _processed(slack) == 0
+    slack.channel._stopping = False  # the next process
+    retry = slack.requests.event(event, event_id="Ev0STOP1", retry_num=1)
+    assert (await slack.post(retry))[0] == 200
+    assert await _processed(slack) == 1

@@ -103,3 +103,22 @@ async def test_bad_body_is_400(hooked: Hooked, fake: FakeTelegramAPI) -> None:
         ) as r,
     ):
         assert r.status == 400
+
+
+async def test_after_stop_updates_get_503_and_telegrams_retry_is_handled(
+    hooked: Hooked, fake: FakeTelegramAPI
+) -> None:
+    """During shutdown nothing new is taken in: Telegram hears 503 and re-sends the update
+    to the next process, which handles it once."""
+    channel, app = hooked
+    ann = fake.user(5001, "Ann")
+    fake.send_text(ann, "/start")
+    update = fake.updates.pop()
+    await channel.stop()
+    assert await fake.push(update) == 503
+    async with app.db.transaction() as s:
+        assert list((await s.execute(select(ProcessedEvent))).scalars()) == []
+    channel._stopping.clear()  # the next process
+    assert await fake.push(update) == 200
+    async with app.db.transaction() as s:
+        assert len(list((await s.execute(select(ProcessedEvent))).scalars())) == 1
