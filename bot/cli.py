@@ -781,8 +781,8 @@ def status_lines(report: dict[str, Any]) -> list[str]:
     counts = out["counts"]
     waiting = sum(int(counts.get(k, 0)) for k in WAITING)
     lines = [
-        f"outbox: {waiting} waiting, {counts.get('failed', 0)} failed, "
-        f"{counts.get('sent', 0)} sent; lag {out['lag_seconds']:.1f}s (oldest unsent row)"
+        f"outbox: {waiting} waiting, {counts.get('failed', 0)} failed; "
+        f"lag {out['lag_seconds']:.1f}s (oldest unsent row)"
     ]
     for name, c in sorted(out["channels"].items()):
         lines.append(

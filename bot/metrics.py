@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from sqlalchemy import func, select
 
 from bot.storage.db import Database
-from bot.storage.models import Conversation, Event, Outbox, Ticket
+from bot.storage.models import Conversation, Event, Ticket
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -56,7 +56,7 @@ class Metrics:
         )
         self.outbox_rows = Gauge(
             "firstline_outbox_rows",
-            "Outbox rows by status (database).",
+            "Outbox rows not delivered, by status: pending, sending, failed (database).",
             ["status"],
             registry=r,
         )
@@ -84,16 +84,6 @@ class Metrics:
             by_status = dict(
                 (await s.execute(select(Ticket.status, func.count()).group_by(Ticket.status))).all()
             )
-            outbox = dict(
-                (await s.execute(select(Outbox.status, func.count()).group_by(Outbox.status))).all()
-            )
-            oldest = (
-                await s.execute(
-                    select(func.min(Outbox.created_at)).where(
-                        Outbox.status.in_(("pending", "sending"))
-                    )
-                )
-            ).scalar_one_or_none()
             sla = dict(
                 (
                     await s.execute(
@@ -116,9 +106,12 @@ class Metrics:
             )
         for status in ("open", "in_progress", "waiting", "resolved", "closed", "cancelled"):
             self.open_tickets.labels(status).set(int(by_status.get(status, 0)))
-        for status in ("pending", "sending", "sent", "failed"):
-            self.outbox_rows.labels(status).set(int(outbox.get(status, 0)))
-        self.outbox_lag.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
+        from bot.outbox import UNDELIVERED, outbox_stats  # bot.outbox imports this module
+
+        outbox = await outbox_stats(db, now)
+        for status in UNDELIVERED:
+            self.outbox_rows.labels(status).set(outbox["counts"].get(status, 0))
+        self.outbox_lag.set(outbox["lag_seconds"])
         for kind in ("sla_warning", "sla_breach", "sla_manager_escalation"):
             self.sla_events.labels(kind).set(int(sla.get(kind, 0)))
         for outcome, n in outcomes.items():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import Clock
@@ -534,23 +534,22 @@ def _alive(worker_id: str) -> bool:
     return True
 
 
+UNDELIVERED = ("pending", "sending", "failed")
+
+
 async def outbox_stats(db: Database, now: datetime) -> dict[str, Any]:
-    """Pending/failed counts and the age of the oldest unsent row (the outbox lag)."""
+    """Counts of the rows not delivered (pending, sending, failed) and the age of the oldest
+    unsent one (the outbox lag). Delivered rows are not counted: there can be millions, and
+    this runs for every health check (the status index makes these counts cheap)."""
     async with db.transaction() as s:
         rows = (
             await s.execute(
-                select(Outbox.status, func.count(), func.min(Outbox.created_at)).group_by(
-                    Outbox.status
-                )
+                select(Outbox.status, func.count(), func.min(Outbox.created_at))
+                .where(Outbox.status.in_(UNDELIVERED))
+                .group_by(Outbox.status)
             )
         ).all()
-        oldest = (
-            await s.execute(
-                select(func.min(Outbox.created_at)).where(
-                    or_(Outbox.status == "pending", Outbox.status == "sending")
-                )
-            )
-        ).scalar_one_or_none()
     counts = {status: int(n) for status, n, _ in rows}
-    lag = (now - oldest).total_seconds() if oldest is not None else 0.0
+    waiting = [at for status, _, at in rows if status in ("pending", "sending") and at]
+    lag = (now - min(waiting)).total_seconds() if waiting else 0.0
     return {"counts": counts, "lag_seconds": max(lag, 0.0)}

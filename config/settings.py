@@ -74,6 +74,14 @@ class DatabaseSettings(Section):
 
     url: str = "sqlite:///firstline.db"
     echo: bool = False
+    # Delivered outbox rows are deleted this long after they were written (the running bot
+    # does it hourly): the outbox is a queue, not an archive.
+    outbox_keep: timedelta = timedelta(days=7)
+
+    @field_validator("outbox_keep", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> timedelta:
+        return parse_duration(v)
 
 
 class ContentSettings(Section):

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Protocol
 
 from aiohttp import web
@@ -155,6 +155,23 @@ def schedule_flood_flush(app: App, scheduler: AsyncIOScheduler, wake: Callable[[
                       coalesce=True, max_instances=1)
 
 
+def schedule_outbox_pruning(app: App, scheduler: AsyncIOScheduler) -> None:
+    """Hourly, delete delivered outbox rows older than ``database.outbox_keep``."""
+    from bot.maintenance import prune_outbox
+
+    async def prune() -> None:
+        try:
+            n = await prune_outbox(app.db, app.clock.now() - app.settings.database.outbox_keep)
+        except Exception:
+            log.exception("outbox pruning failed; the next run retries")
+            return
+        if n:
+            log.info("deleted %d delivered outbox rows", n)
+
+    scheduler.add_job(prune, "interval", hours=1, id="outbox:prune", replace_existing=True,
+                      coalesce=True, max_instances=1, next_run_time=datetime.now(UTC))
+
+
 async def deliver_due(dispatcher: Dispatcher, seconds: float) -> int:
     """Outbox passes until nothing is due or ``seconds`` have passed; the rows sent.
 
@@ -211,6 +228,7 @@ async def serve(
         schedule_digest(app, scheduler, dispatcher.wake)
         await run_digest(app, dispatcher.wake)  # a digest missed while we were down
     schedule_flood_flush(app, scheduler, dispatcher.wake)
+    schedule_outbox_pruning(app, scheduler)
     scheduler.start()
     await app.timers.sweep()  # whatever came due while we were down
     # Delivery outlives intake at shutdown, so it has a stop event of its own.
