@@ -71,9 +71,32 @@ def clean(text: str) -> str:
     return text.lower().replace("ё", "е").replace("'", "").replace("’", "").replace("`", "")
 
 
+# English contractions, written with or without the apostrophe (which clean() drops):
+# "didn't" and "didnt" become "did not", so "not" is one feature however it is typed.
+_CONTRACTIONS = {
+    "cant": "can not", "cannot": "can not", "wont": "will not", "aint": "is not",
+    "shant": "shall not", "im": "i am", "ive": "i have",
+    "youre": "you are", "youve": "you have", "theyre": "they are", "theyve": "they have",
+    "whats": "what is", "whos": "who is", "wheres": "where is", "hows": "how is",
+    "whys": "why is", "thats": "that is", "theres": "there is",
+    "lets": "let us", "shouldve": "should have", "wouldve": "would have",
+    "couldve": "could have",
+}
+for _w in ("do", "does", "did", "is", "are", "was", "were", "has", "have", "had",
+           "should", "would", "could", "must", "need"):
+    _CONTRACTIONS[_w + "nt"] = _w + " not"
+
+
 def words(text: str) -> list[str]:
     """The words of ``text`` after :func:`clean`; punctuation and emoji are dropped."""
-    return _WORD.findall(clean(text))
+    out: list[str] = []
+    for w in _WORD.findall(clean(text)):
+        full = _CONTRACTIONS.get(w)
+        if full is None:
+            out.append(w)
+        else:
+            out.extend(full.split())
+    return out
 
 
 def tokens(text: str, *, keep_stop_words: bool = False) -> list[str]:
