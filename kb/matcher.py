@@ -55,8 +55,8 @@ class MatchSettings:
     """
 
     answer_threshold: float = 0.50  # best score needed to answer with one article
-    suggest_threshold: float = 0.46  # best score needed to offer suggestions at all
-    answer_margin: float = 0.44  # best minus second needed to answer
+    suggest_threshold: float = 0.465  # best score needed to offer suggestions at all
+    answer_margin: float = 0.46  # best minus second needed to answer
     max_results: int = 3
     model_weight: float = 0.6  # share of the classifier probability in the score
     regularization: float = 20.0  # inverse L2 strength of the classifier

@@ -82,6 +82,9 @@ _CONTRACTIONS = {
     "lets": "let us", "shouldve": "should have", "wouldve": "would have",
     "couldve": "could have",
 }
+# British -ise/-isation spellings as US -ize ("recognised" / "recognized"); applied to
+# the KB and the query alike, so a word that merely ends so ("promise") stays consistent.
+_BRITISH = re.compile(r"^([a-z]{3,})is(e|ed|es|ing|ation|ations)$")
 for _w in ("do", "does", "did", "is", "are", "was", "were", "has", "have", "had",
            "should", "would", "could", "must", "need"):
     _CONTRACTIONS[_w + "nt"] = _w + " not"
@@ -93,7 +96,7 @@ def words(text: str) -> list[str]:
     for w in _WORD.findall(clean(text)):
         full = _CONTRACTIONS.get(w)
         if full is None:
-            out.append(w)
+            out.append(_BRITISH.sub(r"\1iz\2", w) if len(w) > 5 else w)
         else:
             out.extend(full.split())
     return out
