@@ -219,6 +219,7 @@ class _Vectorizer:
         self.matrix: sparse.csr_matrix = _normalize_rows(x)
         self.idf_all = np.concatenate(self.idf)
         self.block_of = np.repeat(np.arange(_BLOCKS, dtype=np.int64), np.diff(self.offsets))
+        self.in_word_blocks = np.isin(self.block_of, _WORD_BLOCKS)  # per query: no isin
         # Query-side lookups: plain dicts, cheaper than numpy calls on a dozen tokens.
         self.w_pair = {int(k): n_tok + j for j, k in enumerate(self.w_pairs.tolist())}
         self.s_bigram = {
@@ -320,7 +321,7 @@ def _gather(m: sparse.csr_matrix, rows: IntArray) -> tuple[IntArray, IntArray, F
 def _word_blocks(m: sparse.csr_matrix, v: _Vectorizer) -> sparse.csr_matrix:
     """``m`` with the values of the ``w`` and ``s`` blocks only (column ids unchanged)."""
     out = m.copy()
-    out.data[~np.isin(v.block_of[out.indices], _WORD_BLOCKS)] = 0
+    out.data[~v.in_word_blocks[out.indices]] = 0
     out.eliminate_zeros()
     return out
 
@@ -558,7 +559,7 @@ class Matcher:
         extra = [self.by_article[int(a)][: max(8, m // 4)] for a in top]
         cand = np.unique(np.concatenate([hits, *extra]))
         q = np.zeros(self.x.shape[1], dtype=np.float32)
-        words = np.isin(self.vectorizer.block_of[idx], _WORD_BLOCKS)
+        words = self.vectorizer.in_word_blocks[idx]
         q[idx[words]] = val[words]
         row, col, data = _gather(self.x, cand)
         norm = float(np.sqrt(val[words] @ val[words])) or 1.0

@@ -82,24 +82,30 @@ _CONTRACTIONS = {
     "lets": "let us", "shouldve": "should have", "wouldve": "would have",
     "couldve": "could have",
 }
-# British -ise/-isation spellings as US -ize ("recognised" / "recognized"); applied to
-# the KB and the query alike, so a word that merely ends so ("promise") stays consistent.
-_BRITISH = re.compile(r"^([a-z]{3,})is(e|ed|es|ing|ation|ations)$")
 for _w in ("do", "does", "did", "is", "are", "was", "were", "has", "have", "had",
            "should", "would", "could", "must", "need"):
     _CONTRACTIONS[_w + "nt"] = _w + " not"
+# British -ise/-isation spellings as US -ize ("recognised" / "recognized"); applied to
+# the KB and the query alike, so a word that merely ends so ("promise") stays consistent.
+_BRITISH = re.compile(r"^([a-z]{3,})is(e|ed|es|ing|ation|ations)$")
+_BRITISH_ENDS = ("ise", "ised", "ises", "ising", "isation", "isations")
+
+
+@lru_cache(maxsize=200_000)
+def _fold(word: str) -> tuple[str, ...]:
+    """One cleaned word as the words it stands for (contractions, spelling variants)."""
+    full = _CONTRACTIONS.get(word)
+    if full is not None:
+        return tuple(full.split())
+    if word.endswith(_BRITISH_ENDS):
+        return (_BRITISH.sub(r"\1iz\2", word),)
+    return (word,)
 
 
 def words(text: str) -> list[str]:
-    """The words of ``text`` after :func:`clean`; punctuation and emoji are dropped."""
-    out: list[str] = []
-    for w in _WORD.findall(clean(text)):
-        full = _CONTRACTIONS.get(w)
-        if full is None:
-            out.append(_BRITISH.sub(r"\1iz\2", w) if len(w) > 5 else w)
-        else:
-            out.extend(full.split())
-    return out
+    """The words of ``text`` after :func:`clean`; punctuation and emoji are dropped,
+    English contractions expanded ("didn't" → "did not") and -ise spelt -ize."""
+    return [x for w in _WORD.findall(clean(text)) for x in _fold(w)]
 
 
 def tokens(text: str, *, keep_stop_words: bool = False) -> list[str]:
