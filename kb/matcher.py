@@ -4,9 +4,10 @@ Three signals, all built from the articles' own phrasings at index build (no mod
 download):
 
 1. **A linear classifier** (multinomial logistic regression) over TF-IDF of stemmed
-   content-word uni+bigrams, character 2–5-grams of the stems, and uni+bigrams with the
-   stop words kept.  Trained from the phrasings (and titles) at build time; it learns
-   which words tell two close articles apart, which a nearest-phrasing search cannot.
+   content words (single, and in unordered pairs up to five words apart), character
+   2–5-grams of the stems, and uni+bigrams with the stop words kept.  Trained from the
+   phrasings (and titles) at build time; it learns which words tell two close articles
+   apart, which a nearest-phrasing search cannot.
    This carries most of the top-1 accuracy.
 2. **Term statistics**: an inverted index over content-word features picks candidate
    phrasings (the cheap prefilter, rarest words first, on a fixed postings budget), scored

@@ -1,7 +1,8 @@
 """Text normalisation for Russian and English queries and phrasings.
 
 Everything the matcher compares goes through :func:`tokens`: lower case, ё→е, punctuation
-and emoji dropped, stop words removed, Snowball stems.  :func:`fix_layout` first undoes
+and emoji dropped, English contractions expanded ("didn't" → "did not"), British -ise
+spelt -ize, stop words removed, Snowball stems.  :func:`fix_layout` first undoes
 the classic keyboard-layout mistake ("ghbdtn" typed for "привет", "руддщ" for "hello"),
 but only where the converted word is known and the original is not, so real Latin words
 in a Russian query (product names, "wifi") stay untouched.
