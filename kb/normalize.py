@@ -1,7 +1,8 @@
 """Text normalisation for Russian and English queries and phrasings.
 
 Everything the matcher compares goes through :func:`tokens`: lower case, ё→е, punctuation
-and emoji dropped, stop words removed, Snowball stems.  :func:`fix_layout` first undoes
+and emoji dropped, English contractions expanded ("didn't" → "did not"), British -ise
+spelt -ize, stop words removed, Snowball stems.  :func:`fix_layout` first undoes
 the classic keyboard-layout mistake ("ghbdtn" typed for "привет", "руддщ" for "hello"),
 but only where the converted word is known and the original is not, so real Latin words
 in a Russian query (product names, "wifi") stay untouched.
@@ -71,9 +72,41 @@ def clean(text: str) -> str:
     return text.lower().replace("ё", "е").replace("'", "").replace("’", "").replace("`", "")
 
 
+# English contractions, written with or without the apostrophe (which clean() drops):
+# "didn't" and "didnt" become "did not", so "not" is one feature however it is typed.
+_CONTRACTIONS = {
+    "cant": "can not", "cannot": "can not", "wont": "will not", "aint": "is not",
+    "shant": "shall not", "im": "i am", "ive": "i have",
+    "youre": "you are", "youve": "you have", "theyre": "they are", "theyve": "they have",
+    "whats": "what is", "whos": "who is", "wheres": "where is", "hows": "how is",
+    "whys": "why is", "thats": "that is", "theres": "there is",
+    "lets": "let us", "shouldve": "should have", "wouldve": "would have",
+    "couldve": "could have",
+}
+for _w in ("do", "does", "did", "is", "are", "was", "were", "has", "have", "had",
+           "should", "would", "could", "must", "need"):
+    _CONTRACTIONS[_w + "nt"] = _w + " not"
+# British -ise/-isation spellings as US -ize ("recognised" / "recognized"); applied to
+# the KB and the query alike, so a word that merely ends so ("promise") stays consistent.
+_BRITISH = re.compile(r"^([a-z]{3,})is(e|ed|es|ing|ation|ations)$")
+_BRITISH_ENDS = ("ise", "ised", "ises", "ising", "isation", "isations")
+
+
+@lru_cache(maxsize=200_000)
+def _fold(word: str) -> tuple[str, ...]:
+    """One cleaned word as the words it stands for (contractions, spelling variants)."""
+    full = _CONTRACTIONS.get(word)
+    if full is not None:
+        return tuple(full.split())
+    if word.endswith(_BRITISH_ENDS):
+        return (_BRITISH.sub(r"\1iz\2", word),)
+    return (word,)
+
+
 def words(text: str) -> list[str]:
-    """The words of ``text`` after :func:`clean`; punctuation and emoji are dropped."""
-    return _WORD.findall(clean(text))
+    """The words of ``text`` after :func:`clean`; punctuation and emoji are dropped,
+    English contractions expanded ("didn't" → "did not") and -ise spelt -ize."""
+    return [x for w in _WORD.findall(clean(text)) for x in _fold(w)]
 
 
 def tokens(text: str, *, keep_stop_words: bool = False) -> list[str]:

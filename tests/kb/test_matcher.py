@@ -54,8 +54,8 @@ def test_pairs_of_one_training_phrasing_get_no_weight_single_words_do() -> None:
     v = m.vectorizer
     zero_row = m.w.shape[0] - 1
     tok = v.tok_id
-    once_pair = v.w_bigram[tok["password"] * v.n_tok + tok["zebra"]]
-    twice_pair = v.w_bigram[tok["card"] * v.n_tok + tok["declin"]]
+    once_pair = v.w_pair[tok["password"] * v.n_tok + tok["zebra"]]
+    twice_pair = v.w_pair[tok["card"] * v.n_tok + tok["declin"]]
     assert m.w_row[once_pair] == zero_row  # one phrasing only: pruned
     assert m.w_row[twice_pair] != zero_row
     # A single word is kept even from one phrasing: it may be the article's key term.
@@ -87,3 +87,16 @@ def test_duplicate_phrasings_keep_their_own_rows() -> None:
     assert m.x.shape[0] == len(m.texts) == len(m.owner) == 3 + 1 + 2 + 1  # with titles
     assert list(m.owner) == [0, 0, 0, 0, 1, 1, 1]
     assert m.match("reset my password").results[0].article.id == "pw"
+
+
+def test_word_pairs_are_unordered_and_span_a_window() -> None:
+    docs = [analyse(p) for p in ["transfer fee", "card declined at the shop"]]
+    v = _Vectorizer(docs, np.ones(len(docs), dtype=np.int64))
+    tok = v.tok_id
+    pair = v.w_pair[min(tok["transfer"], tok["fee"]) * v.n_tok + max(tok["transfer"], tok["fee"])]
+    # The other order, with words in between (stop words and an unknown one), still
+    # yields the pair; a word further away than the window does not pair up.
+    idx, _ = v.transform(analyse("what is the fee for a quick transfer"))
+    assert pair in idx.tolist()
+    far = "fee " + " ".join(f"word{i}" for i in range(8)) + " transfer"
+    assert pair not in v.transform(analyse(far))[0].tolist()

@@ -4,7 +4,16 @@ from kb.normalize import analyse, fix_layout, script_lang, stem, tokens
 def test_tokens_fold_case_yo_punctuation_emoji_and_stop_words() -> None:
     assert tokens("Ёлка!!! 😀 Как ПОМЕНЯТЬ пароль?") == tokens("елка как поменять пароль")
     assert "парол" in tokens("ПАРОЛЬ, пароля, паролем")
-    assert tokens("I can't log in to my account") == ["cant", "log", "account"]
+    assert tokens("I can't log in to my account") == ["not", "log", "account"]
+
+
+def test_contractions_are_expanded_with_or_without_the_apostrophe() -> None:
+    expanded = tokens("my card did not arrive", keep_stop_words=True)
+    assert tokens("my card didn't arrive", keep_stop_words=True) == expanded
+    assert tokens("my card didnt arrive", keep_stop_words=True) == expanded
+    assert tokens("I won\u2019t pay", keep_stop_words=True) == ["i", "will", "not", "pay"]
+    # "id" is a word of its own (an ID card), not "I would".
+    assert tokens("my id was rejected") == ["id", "reject"]
 
 
 def test_word_forms_share_a_stem() -> None:
