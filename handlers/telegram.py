@@ -70,7 +70,12 @@ from handlers.telegram_render import (
     is_card_data,
     priority_keyboard,
 )
-from handlers.telegram_sender import CHANNEL, RateLimits, TelegramSender
+from handlers.telegram_sender import (
+    CHANNEL,
+    RateLimits,
+    TelegramSender,
+    outbox_high_water,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +256,9 @@ class TelegramChannel:
             raise ValueError("TELEGRAM_BOT_TOKEN is not set")
         self.bot = bot or make_bot(token, self.settings.api_url)
         self.signer = CallbackSigner(token)
-        self._sender = TelegramSender(self.bot, self.signer, limits=limits)
+        self._sender = TelegramSender(
+            self.bot, self.signer, limits=limits, high_water=outbox_high_water(app.db)
+        )
         self.polling_timeout = polling_timeout
         self.album_window = album_window
         secret = self.settings.webhook_secret

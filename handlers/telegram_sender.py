@@ -8,10 +8,24 @@ deleted -> posted anew (``drop_roles``), so nothing is lost.
 
 A row may take several calls (a long text in parts, a topic then its card, an album then a
 caption). Each is an :meth:`~bot.outbox.OutboxItem.step`: what it returned is saved in the
-database before the next call, so a retry or a restart goes on with the next call. The Bot
-API has no idempotency key and no way to read a chat back, so the one call that was running
-when the process died is made again: at most one duplicate message per crash. Edits (card
-re-renders, topic names, keyboards) are idempotent and simply repeated.
+database before the next call, so a retry or a restart goes on with the next call.
+
+The call that was running when the process died (or that failed with a 5xx or a timeout) is
+*in doubt*. The Bot API has no idempotency key and no way to read a chat back, but message
+ids are sequential, and every bot message of a chat goes through this chat's outbox rows one
+at a time: a bot message above the newest id the database recorded for the chat can only be
+the in-doubt one. For a text message the sender *probes* the ids above that mark with
+``editMessageText`` carrying exactly the text and buttons it meant to send: Telegram answers
+"message is not modified" only for our own message with that content (found: its id is
+recorded, nothing is sent), "message to edit not found" where there is nothing, and "message
+can't be edited" for someone else's message. Supergroups number their messages per chat, so
+a few "not found" in a row end the probe (nothing there: send); private chats share one
+sequence of the bot's account, so there the probe may only conclude "nothing there" once it
+has looked at every id below one this process saw allocated after the doubt arose. A probe
+that cannot tell (no mark, an unrecorded message of an earlier failed row may sit above it,
+too many ids to look at) sends again, logged. Topics, media and images in doubt are sent
+again, logged: at most one copy per crash. Edits (card re-renders, topic names, keyboards)
+are idempotent and simply repeated.
 """
 
 from __future__ import annotations
@@ -21,9 +35,10 @@ import base64
 import contextlib
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -48,8 +63,11 @@ from aiogram.types import (
     Message,
     ReplyParameters,
 )
+from sqlalchemy import select
 
 from bot.outbox import OutboxItem, SendResult
+from bot.storage.db import Database
+from bot.storage.models import Outbox
 from handlers.telegram_render import (
     MAX_CAPTION,
     CallbackSigner,
@@ -84,6 +102,7 @@ THREAD_GONE = (
 NO_TOPICS = ("not enough rights", "chat is not a forum", "not a forum", "chat_not_modified")
 BAD_MARKUP = ("can't parse entities", "unsupported start tag", "can't find end")
 BAD_FILE = ("wrong file identifier", "wrong remote file", "file_id", "wrong type of the web page")
+EDIT_NOT_FOUND = ("message to edit not found", "message_id_invalid")
 GONE_USER = ("chat not found", "user is deactivated", "peer_id_invalid")
 # A desk group that was deleted, deactivated, or took the bot's right to write: an admin's fix
 # (a new chat id, the bot added back) away, so its rows wait instead of being dropped.
@@ -99,6 +118,90 @@ DESK_UNAVAILABLE = (
 def _has(exc: TelegramAPIError, needles: tuple[str, ...]) -> bool:
     text = exc.message.lower()
     return any(n in text for n in needles)
+
+
+# ---------------------------------------------------------------------- in-doubt probes
+
+PROBE_CALLS = 20  # edits one in-doubt send may try
+PROBE_GAP = 3  # "not found" in a row that end a probe in a supergroup (dense ids)
+MARK_ROWS = 5000  # outbox rows looked back for a chat's high-water mark
+BOX_MEMORY = 4096  # private-chat message ids remembered with their chat
+
+
+class _Unknown:
+    """The probe could not tell whether the in-doubt call landed."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Final = _Unknown()
+
+
+@dataclass(frozen=True)
+class HighWater:
+    """What the database knows of a chat before an outbox row: the newest message id the bot
+    recorded there (``None``: none in the rows looked at), and ``safe``: no earlier row may
+    have left an unrecorded message above it (one that failed for good while in doubt)."""
+
+    message_id: int | None
+    safe: bool = True
+
+
+HighWaterSource = Callable[[str, int], Awaitable[HighWater]]
+
+
+def _ids(value: Any) -> list[int]:
+    """The message ids in a step's recorded result (ints, lists of ints; not bools)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [i for v in value for i in _ids(v)]
+    return []
+
+
+def outbox_high_water(db: Database) -> HighWaterSource:
+    """The high-water mark of a Telegram chat from its earlier outbox rows' recorded results.
+
+    Rows of one target are delivered one at a time in id order, so the newest row with a
+    recorded id holds the chat's newest known bot message. Only read when a send is in doubt
+    (after a crash or a 5xx), and at most ``MARK_ROWS`` rows back.
+    """
+
+    async def look(target: str, row_id: int) -> HighWater:
+        async with db.transaction() as s:
+            rows = (
+                await s.execute(
+                    select(Outbox.status, Outbox.result)
+                    .where(
+                        Outbox.channel == CHANNEL,
+                        Outbox.target == target,
+                        Outbox.id < row_id,
+                        Outbox.id >= row_id - MARK_ROWS,
+                    )
+                    .order_by(Outbox.id.desc())
+                )
+            ).all()
+        for status, result in rows:
+            state = result or {}
+            if status != "sent" and (state.get("doubt") or state.get("inflight")):
+                # Ended (or still stuck) in doubt: its message may sit unrecorded above the
+                # mark, and an edit probe would rewrite it.
+                return HighWater(None, safe=False)
+            ids = [i for v in (state.get("done") or {}).values() for i in _ids(v)]
+            if ids:
+                return HighWater(max(ids))
+        return HighWater(None)
+
+    return look
+
+
+def _shared_box(chat: int) -> bool:
+    """Private chats and basic groups share one message id sequence (the bot account's);
+    supergroups and channels number their own messages."""
+    return not str(chat).startswith("-100")
 
 
 # ---------------------------------------------------------------------- rate limits
@@ -242,10 +345,17 @@ class TelegramSender:
         *,
         limits: RateLimits | None = None,
         limiter: RateLimiter | None = None,
+        high_water: HighWaterSource | None = None,
     ) -> None:
         self.bot = bot
         self.signer = signer
         self.limiter = limiter or RateLimiter(limits or RateLimits())
+        # Without it an in-doubt send is simply made again (logged).
+        self.high_water = high_water
+        # Private-chat message ids this process saw: id -> chat, and (when the call that
+        # got it started, id) — the upper bound a probe in a private chat needs.
+        self._box_chat: OrderedDict[int, int] = OrderedDict()
+        self._box_seen: deque[tuple[float, int]] = deque(maxlen=BOX_MEMORY)
         self._forum: dict[int, bool] = {}
         self._topic_names: dict[tuple[int, int], str] = {}
         self._migrated: dict[int, int] = {}
@@ -331,10 +441,127 @@ class TelegramSender:
         call: Callable[[], Awaitable[T]],
         *,
         idempotent: bool = False,
+        probe: Callable[[], Awaitable[T | _Unknown | None]] | None = None,
     ) -> T:
         """Run ``call`` unless an earlier attempt of the same row already did (saved in the
-        database). ``call`` returns message ids: JSON, as the outbox stores them."""
-        return await prog.item.step(key, call, idempotent=idempotent)
+        database). ``call`` returns message ids: JSON, as the outbox stores them.
+
+        If this is the call in doubt, ``probe`` looks for what it may have left: found, its
+        result is recorded instead of calling; nothing there, the call is made; ``UNKNOWN``
+        (or no probe), the call is made again and the outbox logs and counts the re-send.
+        """
+        item = prog.item
+        if item.in_doubt and not idempotent and key not in item.done:
+            found = await probe() if probe is not None else UNKNOWN
+            if isinstance(found, _Unknown):
+                log.warning(
+                    "telegram: %s of outbox row %s in chat %s is in doubt and the probe "
+                    "could not tell; sending it again",
+                    key,
+                    item.id,
+                    item.target,
+                )
+                return await item.step(key, call)
+
+            async def known() -> T | None:
+                return found
+
+            if found is None:
+                log.info(
+                    "telegram: %s of outbox row %s in chat %s was in doubt; not there, sending",
+                    key,
+                    item.id,
+                    item.target,
+                )
+            return await item.step(key, call, find=known)
+        return await item.step(key, call, idempotent=idempotent)
+
+    # ------------------------------------------------------------------ probes
+
+    def _observe(self, chat: int, ids: list[int], started: float) -> None:
+        """Remember private-chat message ids a call (started at ``started``) got."""
+        if not _shared_box(chat):
+            return
+        for mid in ids:
+            self._box_chat[mid] = chat
+            self._box_seen.append((started, mid))
+        while len(self._box_chat) > BOX_MEMORY:
+            self._box_chat.popitem(last=False)
+
+    def _box_upper(self, since: float) -> int | None:
+        """The highest private-chat id got by a call started at ``since`` or later: Telegram
+        allocated it after anything the in-doubt call could have left."""
+        later = [mid for at, mid in self._box_seen if at >= since]
+        return max(later) if later else None
+
+    async def _probe_text(
+        self,
+        prog: _Progress,
+        chat: int,
+        html_text: str,
+        plain: str | None,
+        markup: InlineKeyboardMarkup | None,
+    ) -> int | _Unknown | None:
+        """Look for the in-doubt text message above the chat's high-water mark (module
+        docstring): its id, ``None`` (not there) or ``UNKNOWN``."""
+        item = prog.item
+        if self.high_water is None or chat != _chat(item.target):
+            return UNKNOWN  # no database to ask, or the chat migrated meanwhile
+        started = time.monotonic()
+        mark = await self.high_water(item.target, item.id)
+        own = [i for v in item.done.values() for i in _ids(v)]  # this row's earlier calls
+        if not mark.safe or (mark.message_id is None and not own):
+            return UNKNOWN
+        candidate = max([*own, *([mark.message_id] if mark.message_id else [])])
+        box = _shared_box(chat)
+        text = html_text
+        mode: str | None = "HTML"
+        calls = misses = 0
+        while calls < PROBE_CALLS:
+            candidate += 1
+            if box:
+                upper = self._box_upper(started)
+                if upper is not None and candidate > upper:
+                    return None  # every id the in-doubt call could have got was looked at
+                if self._box_chat.get(candidate, chat) != chat:
+                    continue  # another chat's message
+            calls += 1
+            await self.limiter.acquire(str(chat), edit=True)
+            try:
+                await self.bot.edit_message_text(
+                    chat_id=chat,
+                    message_id=candidate,
+                    text=text,
+                    parse_mode=mode,
+                    reply_markup=markup,
+                )
+            except TelegramBadRequest as e:
+                if _has(e, NOT_MODIFIED):
+                    return candidate  # ours, with exactly this content
+                if _has(e, BAD_MARKUP) and mode is not None:
+                    # The send fell back to plain text the same way: probe that instead.
+                    text = plain if plain is not None else visible(html_text)
+                    mode = None
+                    candidate -= 1
+                    continue
+                if _has(e, EDIT_NOT_FOUND):
+                    misses += 1
+                    if not box and misses >= PROBE_GAP:
+                        return None
+                    continue
+                misses = 0  # a user's or a service message: look further
+                continue
+            # Only an unrecorded message of ours can be edited here, and with this row's
+            # content it would have answered "not modified": the mark was wrong. It shows
+            # this row's content now, so it counts as delivered rather than sent twice.
+            log.error(
+                "telegram: the probe for outbox row %s edited message %s in chat %s",
+                item.id,
+                candidate,
+                chat,
+            )
+            return candidate
+        return UNKNOWN
 
     async def _send_html(
         self,
@@ -347,6 +574,7 @@ class TelegramSender:
     ) -> int:
         """sendMessage in HTML; if Telegram cannot parse our markup, send the plain text."""
         await self.limiter.acquire(str(chat))
+        started = time.monotonic()
         home = home or _Home()
         reply = (
             ReplyParameters(message_id=home.reply_to, allow_sending_without_reply=True)
@@ -376,6 +604,7 @@ class TelegramSender:
                 message_thread_id=home.thread_id,
                 reply_parameters=reply,
             )
+        self._observe(chat, [msg.message_id], started)
         return msg.message_id
 
     async def _texts(
@@ -402,7 +631,14 @@ class TelegramSender:
                     chat, html_text, plain=piece, markup=markup if last else None, home=home
                 )
 
-            ids.append(await self._once(prog, f"{key}:{n}", call))
+            async def probe(
+                html_text: str = html_text, piece: str = piece, last: bool = last
+            ) -> int | _Unknown | None:
+                return await self._probe_text(
+                    prog, chat, html_text, piece, markup if last else None
+                )
+
+            ids.append(await self._once(prog, f"{key}:{n}", call, probe=probe))
         return ids
 
     async def _media(
@@ -444,8 +680,16 @@ class TelegramSender:
             names = ", ".join(str(a.get("name") or a.get("kind") or "file") for a in foreign)
             ids.extend(await self._texts(prog, f"{key}:f", chat, [f"📎 {names}"], home=home))
         if caption is not None and not sends:
+
+            async def probe() -> list[int] | _Unknown | None:
+                assert caption is not None
+                found = await self._probe_text(prog, chat, caption, None, None)
+                return [found] if isinstance(found, int) else found
+
             ids.extend(
-                await self._once(prog, f"{key}:c", lambda: self._caption_only(chat, caption, home))
+                await self._once(
+                    prog, f"{key}:c", lambda: self._caption_only(chat, caption, home), probe=probe
+                )
             )
         return ids
 
@@ -469,6 +713,7 @@ class TelegramSender:
             else:
                 media.append(InputMediaDocument(media=fid, caption=cap, parse_mode="HTML"))
         await self.limiter.acquire(str(chat))
+        started = time.monotonic()
         try:
             msgs = await self.bot.send_media_group(
                 chat_id=chat,
@@ -483,6 +728,7 @@ class TelegramSender:
                 raise
             names = ", ".join(str(a.get("name") or a.get("kind")) for a in group)
             return [await self._send_html(chat, f"📎 {esc(names)} (file unavailable)", home=home)]
+        self._observe(chat, [m.message_id for m in msgs], started)
         return [m.message_id for m in msgs]
 
     async def _single(self, chat: int, a: dict[str, Any], caption: str | None, home: _Home) -> int:
@@ -505,6 +751,7 @@ class TelegramSender:
             kind, lambda: self.bot.send_document(document=fid, caption=caption, **common)
         )
         await self.limiter.acquire(str(chat))
+        started = time.monotonic()
         try:
             msg = await call()
         except TelegramBadRequest as e:
@@ -514,6 +761,7 @@ class TelegramSender:
                 raise
             name = a.get("name") or kind
             return await self._send_html(chat, f"📎 {esc(name)} (file unavailable)", home=home)
+        self._observe(chat, [msg.message_id], started)
         return msg.message_id
 
     # ------------------------------------------------------------------ end-user messages
@@ -545,7 +793,9 @@ class TelegramSender:
 
         async def call() -> int:
             await self.limiter.acquire(str(chat))
+            started = time.monotonic()
             msg = await self.bot.send_photo(chat, BufferedInputFile(data, filename=name))
+            self._observe(chat, [msg.message_id], started)
             return msg.message_id
 
         await self._once(prog, "img", call)
@@ -610,6 +860,7 @@ class TelegramSender:
             prog,
             key,
             lambda: self._send_html(chat, html_text, markup=markup, home=_Home(thread_id=thread)),
+            probe=lambda: self._probe_text(prog, chat, html_text, None, markup),
         )
         if ("card", str(mid), None) not in prog.links:
             prog.links.append(("card", str(mid), None))
@@ -736,7 +987,10 @@ class TelegramSender:
             async def call(piece: str = piece) -> int:
                 return await self._send_html(chat, piece, home=home)
 
-            ids.append(await self._once(prog, f"{key}t{n}", call))
+            async def probe(piece: str = piece) -> int | _Unknown | None:
+                return await self._probe_text(prog, chat, piece, None, None)
+
+            ids.append(await self._once(prog, f"{key}t{n}", call, probe=probe))
         if attachments:
             ids.extend(await self._media(prog, f"{key}m", chat, attachments, home=home))
         return ids
@@ -757,8 +1011,11 @@ class TelegramSender:
             async def call(home: _Home = home) -> int:
                 return await self._send_html(chat, text, home=home)
 
+            async def probe() -> int | _Unknown | None:
+                return await self._probe_text(prog, chat, text, None, None)
+
             try:
-                await self._once(prog, f"n{n}", call)
+                await self._once(prog, f"n{n}", call, probe=probe)
                 return
             except ThreadGone:
                 continue

@@ -2,7 +2,14 @@
 
 * Serves ``/bot<token>/<method>`` with JSON, urlencoded and multipart bodies (aiogram sends
   the latter two), answers ``{"ok": ..., "result": ...}`` like Telegram, records every call.
-* Keeps chats, messages (ids per chat), forum topics, callback queries and file ids, and
+* Keeps chats, messages, forum topics, callback queries and file ids. Message ids are
+  Telegram's: one sequence per supergroup, and one shared by every private chat and basic
+  group of the bot's account (so a private chat's ids have gaps). Topic creation and edits
+  post service messages (they take an id and cannot be edited). An edit answers like the Bot
+  API: the same content and buttons -> ``message is not modified``; a missing or deleted id
+  -> ``message to edit not found``; someone else's or a service message -> ``message can't
+  be edited``; ``editMessageText`` of a media message -> ``there is no text in the message
+  to edit``; any other message of the bot is edited. It
   fails like Telegram does: ``chat not found``, ``message to edit not found``,
   ``message is not modified``, ``message thread not found``, ``TOPIC_CLOSED``,
   ``BUTTON_DATA_INVALID``, ``can't parse entities`` (strict HTML: only Telegram's tags, every
@@ -259,6 +266,7 @@ class FakeMessage:
     deleted: bool = False
     edits: int = 0
     raw: dict[str, Any] = field(default_factory=dict)
+    service: bool = False  # a topic created / edited: no text to edit, never editable
 
     def buttons(self) -> list[dict[str, Any]]:
         """The inline buttons, flattened."""
@@ -528,7 +536,18 @@ class FakeTelegramAPI:
         self.messages[(chat_id, message_id)].deleted = True
 
     def _next_msg_id(self, chat_id: int) -> int:
-        return next(self._msg_ids.setdefault(chat_id, itertools.count(1)))
+        chat = self.chats.get(chat_id)
+        # Private chats and basic groups take ids from the bot account's one sequence.
+        box = 0 if chat is None or chat.type in ("private", "group") else chat_id
+        return next(self._msg_ids.setdefault(box, itertools.count(1)))
+
+    def _service(self, chat_id: int, thread_id: int | None, what: str) -> FakeMessage:
+        """A service message the bot's action posted (a topic created or edited)."""
+        mid = self._next_msg_id(chat_id)
+        msg = FakeMessage(chat_id, mid, self.bot.id, text="", thread_id=thread_id, media=what)
+        msg.service = True
+        self.messages[(chat_id, mid)] = msg
+        return msg
 
     def _private(self, user: FakeUser) -> FakeChat:
         chat = self.chats.get(user.id)
@@ -770,12 +789,14 @@ class FakeTelegramAPI:
         return [c for c in self.calls if c.method.lower() == method.lower() and c.status == 200]
 
     def sent(self, chat_id: int, *, thread_id: int | None = None) -> list[FakeMessage]:
-        """Messages the bot posted in ``chat_id`` (optionally in one topic), oldest first."""
+        """Messages the bot posted in ``chat_id`` (optionally in one topic), oldest first;
+        not the service messages of its topic edits."""
         return [
             m
             for (cid, _), m in sorted(self.messages.items(), key=lambda kv: kv[0][1])
             if cid == chat_id
             and m.from_id == self.bot.id
+            and m.media != "topic_edited"
             and (thread_id is None or m.thread_id == thread_id)
         ]
 
@@ -1071,12 +1092,14 @@ class FakeTelegramAPI:
         msg = self.messages.get((chat.id, _int(p.get("message_id")) or 0))
         if msg is None or msg.deleted:
             raise ApiError(400, "Bad Request: message to edit not found")
-        if msg.from_id != self.bot.id:
+        if msg.from_id != self.bot.id or msg.service:
             raise ApiError(400, "Bad Request: message can't be edited")
         return msg
 
     def api_editmessagetext(self, p: dict[str, Any]) -> dict[str, Any]:
         msg = self._own(p)
+        if msg.media is not None:
+            raise ApiError(400, "Bad Request: there is no text in the message to edit")
         text = str(p.get("text") or "")
         visible = self._render(text, p.get("parse_mode"), 4096, "message text")
         markup = self._check_markup(p.get("reply_markup"))
@@ -1127,9 +1150,9 @@ class FakeTelegramAPI:
             )
         mid = self._next_msg_id(chat.id)  # the topic's root service message
         self.topics.setdefault(chat.id, {})[mid] = Topic(mid, name)
-        self.messages[(chat.id, mid)] = FakeMessage(
-            chat.id, mid, self.bot.id, text="", thread_id=mid, media="topic"
-        )
+        root = FakeMessage(chat.id, mid, self.bot.id, text="", thread_id=mid, media="topic")
+        root.service = True
+        self.messages[(chat.id, mid)] = root
         return {"message_thread_id": mid, "name": name, "icon_color": 7322096}
 
     def _topic(self, p: dict[str, Any]) -> Topic:
@@ -1146,6 +1169,7 @@ class FakeTelegramAPI:
             raise ApiError(400, "Bad Request: TOPIC_NOT_MODIFIED")
         topic.name = str(name)
         topic.renames.append(topic.name)
+        self._service(self._chat(p).id, topic.thread_id, "topic_edited")
         return True
 
     def api_closeforumtopic(self, p: dict[str, Any]) -> bool:

@@ -1,0 +1,290 @@
+"""The in-doubt probe: after a crash the Telegram sender looks for the text message a killed
+call may have left (an identical ``editMessageText`` above the chat's high-water mark) instead
+of sending it again, and never rewrites a message that is not the one it looks for."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from bot.outbox import Dispatcher
+from bot.storage.models import Outbox
+from handlers.telegram_sender import (
+    PROBE_CALLS,
+    PROBE_GAP,
+    RateLimits,
+    TelegramSender,
+    outbox_high_water,
+)
+from tests.fakes.telegram_api import NOT_MODIFIED, Call, FakeUser
+from tests.telegram.conftest import L2, MakeTg, Tg
+
+DEAD = f"{socket.gethostname()}:{2**22 + 4323}"
+
+
+class Killed(BaseException):
+    """The process dies here (the dispatcher's ``except Exception`` does not catch it)."""
+
+
+class Dies(TelegramSender):
+    """A sender whose process is SIGKILLed around its first text call: ``landed`` says
+    whether Telegram took the call before the kill (the response was lost)."""
+
+    def __init__(self, *args: Any, landed: bool, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.landed = landed
+
+    async def _send_html(self, *args: Any, **kw: Any) -> int:
+        if self.landed:
+            await super()._send_html(*args, **kw)
+        raise Killed
+
+
+def _sender(tg: Tg, cls: type[TelegramSender] = TelegramSender, **kw: Any) -> TelegramSender:
+    """The sender of a new process (nothing in memory), reading marks from the database."""
+    return cls(
+        tg.channel.bot,
+        tg.channel.signer,
+        limits=RateLimits.unlimited(),
+        high_water=outbox_high_water(tg.app.db),
+        **kw,
+    )
+
+
+async def _crash(tg: Tg, target: int, *, landed: bool) -> None:
+    """A process delivers ``target``'s next row and is killed inside the call."""
+    dying = Dispatcher(
+        tg.app.db,
+        tg.clock,
+        tg.app.desk,
+        {"telegram": _sender(tg, Dies, landed=landed)},
+        target_filter=lambda _ch, t: t == str(target),
+        worker_id=DEAD,
+    )
+    with pytest.raises(Killed):
+        await dying.run_once()
+
+
+async def _restart(tg: Tg) -> None:
+    await tg.app.dispatcher({"telegram": _sender(tg)}).drain()
+
+
+def _count(tg: Tg, outcome: str) -> str:
+    return f'firstline_deliveries_total{{channel="telegram",outcome="{outcome}"}}'
+
+
+async def _reply_queued(tg: Tg, bob: FakeUser, text: str) -> None:
+    """Bob's thread reply is committed (its outbox row for the user written), not sent."""
+    card = tg.card()
+    tg.fake.send_text(bob, text, chat_id=card.chat_id, reply_to=card.message_id)
+    await tg.channel.poll_once()
+    await tg.channel.poll_once()
+
+
+def _edits(tg: Tg, chat: int) -> list[Call]:
+    """The editMessageText calls to ``chat`` (the probes, in a user's chat)."""
+    return [
+        c
+        for c in tg.fake.calls
+        if c.method.lower() == "editmessagetext" and int(c.params["chat_id"]) == chat
+    ]
+
+
+def _posts(tg: Tg, needle: str) -> int:
+    """Desk posts (not the card, which quotes the user's newest words) with ``needle``."""
+    return sum(needle in m.text for m in tg.fake.sent(L2) if not m.buttons())
+
+
+async def _ticket(make_tg: MakeTg) -> tuple[Tg, FakeUser, FakeUser]:
+    tg = await make_tg()
+    ann, bob = tg.user("Ann", 5001), tg.user("Bob", 9001)
+    await tg.escalate(ann)
+    return tg, ann, bob
+
+
+async def test_a_reply_that_landed_before_the_kill_is_found_not_sent_again(
+    make_tg: MakeTg,
+) -> None:
+    tg, ann, bob = await _ticket(make_tg)
+    await _reply_queued(tg, bob, "Try the <reset> link & wait")
+    await _crash(tg, ann.id, landed=True)
+    assert sum("reset" in t for t in tg.texts(ann)) == 1
+    await _restart(tg)
+    assert sum("reset" in t for t in tg.texts(ann)) == 1
+    probes = _edits(tg, ann.id)
+    assert probes and all(c.status == 400 for c in probes)  # nothing was rewritten
+    assert probes[-1].params["message_id"] == tg.fake.last(ann.id).message_id
+    assert probes[-1].result["description"] == NOT_MODIFIED
+    metrics = tg.app.metrics.render().decode()
+    assert f"{_count(tg, 'recovered')} 1.0" in metrics
+    assert _count(tg, "resent_in_doubt") not in metrics
+    async with tg.app.db.transaction() as s:
+        row = (
+            (
+                await s.execute(
+                    select(Outbox).where(Outbox.target == str(ann.id)).order_by(Outbox.id.desc())
+                )
+            )
+            .scalars()
+            .first()
+        )
+    assert row is not None and row.status == "sent"
+    assert row.result == {"done": {"t:0": tg.fake.last(ann.id).message_id}}
+
+
+async def test_the_users_own_message_above_the_mark_is_skipped(make_tg: MakeTg) -> None:
+    """Ann wrote after the bot's last recorded message and before the killed call: her
+    message ("can't be edited") lies between the mark and the bot's copy."""
+    tg, ann, bob = await _ticket(make_tg)
+    await _reply_queued(tg, bob, "Please reinstall")
+    mine = tg.fake.send_text(ann, "hello? anyone there")  # not polled: only takes an id
+    await _crash(tg, ann.id, landed=True)
+    await _restart(tg)
+    assert sum("reinstall" in t for t in tg.texts(ann)) == 1
+    probes = _edits(tg, ann.id)
+    assert [int(c.params["message_id"]) for c in probes] == [
+        mine.message_id,  # looked at and passed over
+        tg.fake.last(ann.id).message_id,
+    ]
+    assert [c.result["description"] for c in probes] == [
+        "Bad Request: message can't be edited",
+        NOT_MODIFIED,
+    ]
+    assert tg.fake.messages[(ann.id, mine.message_id)].text == "hello? anyone there"
+
+
+async def test_a_desk_post_that_never_left_is_sent_once(make_tg: MakeTg) -> None:
+    """In a supergroup ids are the chat's own: a few "not found" above the mark say the
+    killed call never reached Telegram, so the post is sent (no logged re-send)."""
+    tg, ann, _bob = await _ticket(make_tg)
+    tg.fake.send_text(ann, "it also shows error 0x43")
+    await tg.channel.poll_once()
+    await tg.channel.poll_once()
+    await _crash(tg, L2, landed=False)
+    await _restart(tg)
+    assert _posts(tg, "0x43") == 1
+    # The probes (the card's own edits, with buttons, quote the words too).
+    probes = [
+        c for c in _edits(tg, L2) if "0x43" in c.params["text"] and not c.params.get("reply_markup")
+    ]
+    assert [c.result["description"] for c in probes] == [
+        "Bad Request: message to edit not found"
+    ] * PROBE_GAP
+    metrics = tg.app.metrics.render().decode()
+    assert _count(tg, "resent_in_doubt") not in metrics
+    assert _count(tg, "recovered") not in metrics
+
+
+async def test_a_desk_post_that_landed_is_found(make_tg: MakeTg) -> None:
+    tg, ann, _bob = await _ticket(make_tg)
+    tg.fake.send_text(ann, "it also shows error 0x44")
+    await tg.channel.poll_once()
+    await tg.channel.poll_once()
+    await _crash(tg, L2, landed=True)
+    await _restart(tg)
+    assert _posts(tg, "0x44") == 1
+    assert f"{_count(tg, 'recovered')} 1.0" in tg.app.metrics.render().decode()
+
+
+async def test_a_private_chat_probe_that_cannot_tell_sends_again_logged(
+    make_tg: MakeTg, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Private chats share one id sequence: without an id seen allocated after the doubt,
+    "not found" proves nothing, so after ``PROBE_CALLS`` edits the reply is sent again."""
+    tg, ann, bob = await _ticket(make_tg)
+    await _reply_queued(tg, bob, "Restart the router")
+    await _crash(tg, ann.id, landed=False)
+    with caplog.at_level(logging.WARNING):
+        await _restart(tg)
+    assert sum("router" in t for t in tg.texts(ann)) == 1  # nothing had landed
+    assert len(_edits(tg, ann.id)) == PROBE_CALLS
+    assert any("the probe could not tell" in r.getMessage() for r in caplog.records)
+    assert f"{_count(tg, 'resent_in_doubt')} 1.0" in tg.app.metrics.render().decode()
+
+
+async def test_a_private_chat_probe_ends_at_an_id_allocated_after_the_doubt(
+    make_tg: MakeTg,
+) -> None:
+    """Once this process got a private-chat id from a call made after the probe began,
+    every id the killed call could have got is known: nothing there, send."""
+    tg, ann, bob = await _ticket(make_tg)
+    await _reply_queued(tg, bob, "Check the cable")
+    mine = tg.fake.send_text(ann, "hello?")  # takes the id after the mark
+    await _crash(tg, ann.id, landed=False)
+    sender = _sender(tg)
+    other = tg.user("Cid", 5002)
+    original = sender.high_water
+    assert original is not None
+
+    async def mark_then_traffic(target: str, row: int) -> Any:
+        found = await original(target, row)
+        # Meanwhile another user's message goes out through this process.
+        await sender._send_html(other.id, "welcome")
+        return found
+
+    tg.fake._private(other)
+    sender.high_water = mark_then_traffic
+    await tg.app.dispatcher({"telegram": sender}).drain()
+    assert sum("cable" in t for t in tg.texts(ann)) == 1
+    # Ann's message, then Cid's "welcome" (known: not looked at), then the bound.
+    assert [int(c.params["message_id"]) for c in _edits(tg, ann.id)] == [mine.message_id]
+    assert _count(tg, "resent_in_doubt") not in tg.app.metrics.render().decode()
+
+
+async def test_the_probe_never_edits_another_message(make_tg: MakeTg) -> None:
+    """An earlier row failed for good while in doubt: its unrecorded copy may sit above the
+    mark with other content, and an edit would rewrite it. The probe does not run; the
+    reply is sent again (logged) and the old message is untouched."""
+    tg, ann, bob = await _ticket(make_tg)
+    await _reply_queued(tg, bob, "First answer")
+    await _crash(tg, ann.id, landed=True)
+    orphan = tg.fake.last(ann.id)
+    async with tg.app.db.transaction() as s:
+        await s.execute(
+            update(Outbox)
+            .where(Outbox.target == str(ann.id), Outbox.status == "sending")
+            .values(status="failed", locked_by=None, result={"done": {}, "doubt": True})
+        )
+    await _reply_queued(tg, bob, "Second answer")
+    await _crash(tg, ann.id, landed=False)
+    await _restart(tg)
+    assert _edits(tg, ann.id) == []
+    assert orphan.text.endswith("First answer") and orphan.edits == 0
+    assert sum("Second answer" in t for t in tg.texts(ann)) == 1
+    assert f"{_count(tg, 'resent_in_doubt')} 1.0" in tg.app.metrics.render().decode()
+
+
+async def test_the_fake_answers_edits_like_the_bot_api(make_tg: MakeTg) -> None:
+    """The answers the probe relies on: same content -> not modified; another message of
+    the bot -> edited; a user's or a service message -> can't be edited; none -> not found;
+    and private chats share one id sequence."""
+    from aiogram.exceptions import TelegramBadRequest
+
+    tg = await make_tg(forum=True)
+    bot = tg.channel.bot
+    ann, cid = tg.user("Ann", 5001), tg.user("Cid", 5002)
+    a1 = tg.fake.send_text(ann, "hi")
+    c1 = tg.fake.send_text(cid, "hello")
+    assert c1.message_id == a1.message_id + 1  # one sequence for private chats
+    mine = await bot.send_message(ann.id, "<b>same</b>", parse_mode="HTML")
+    topic = await bot.create_forum_topic(L2, "FL-1")
+
+    async def answer(chat: int, mid: int, text: str) -> str:
+        try:
+            await bot.edit_message_text(chat_id=chat, message_id=mid, text=text, parse_mode="HTML")
+        except TelegramBadRequest as e:
+            return e.message
+        return "edited"
+
+    assert await answer(ann.id, mine.message_id, "<b>same</b>") == NOT_MODIFIED
+    assert await answer(ann.id, a1.message_id, "x") == "Bad Request: message can't be edited"
+    assert await answer(ann.id, c1.message_id, "x") == "Bad Request: message to edit not found"
+    assert await answer(L2, topic.message_thread_id, "x") == (
+        "Bad Request: message can't be edited"
+    )
+    assert await answer(ann.id, mine.message_id, "<b>other</b>") == "edited"
+    assert tg.fake.messages[(ann.id, mine.message_id)].text == "other"
