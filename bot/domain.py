@@ -150,6 +150,9 @@ class AgentEvent:
     # the root is a message the bot posted. Adapters fill these; the desk decides.
     root_ticket: str | None = None
     root_is_bot: bool = False
+    # The thread is a chain of replies (a Telegram group without topics): this message
+    # becomes part of it, so a colleague's reply to it finds the ticket too.
+    reply_chain: bool = False
 
 
 @dataclass(frozen=True)

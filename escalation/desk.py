@@ -647,6 +647,8 @@ class Desk:
                 return HandleResult(ack=text, refused=True)
             if adopted and ev.thread_ref:
                 await self._adopt_thread(s, ev, ticket, now)
+            if ev.reply_chain and ev.message_id and ev.action in ("message", "reply", "note"):
+                self._link_thread(s, ev, ticket, ev.message_id, now)
             log_context.set({**(log_context.get() or {}), "ticket": self.number(ticket)})
             if not self.db.sqlite:
                 await s.refresh(ticket, with_for_update=True)
@@ -657,19 +659,26 @@ class Desk:
     ) -> None:
         """Remember an unknown thread of ``ticket`` so later replies in it are found directly."""
         assert ev.thread_ref is not None
+        self._link_thread(s, ev, ticket, ev.thread_ref, now)
+        await log_event(
+            s, "thread_adopted", actor=ev.agent.key, at=now, ticket_id=ticket.id,
+            thread=ev.thread_ref,
+        )
+
+    @staticmethod
+    def _link_thread(
+        s: AsyncSession, ev: AgentEvent, ticket: Ticket, message_key: str, now: datetime
+    ) -> None:
+        """Replies to ``message_key`` in the event's chat belong to ``ticket`` from now on."""
         s.add(
             MessageLink(
                 ticket_id=ticket.id,
                 role="thread",
                 channel=ev.channel,
                 chat_key=destination_split(ev.destination)[1],
-                message_key=ev.thread_ref,
+                message_key=message_key,
                 created_at=now,
             )
-        )
-        await log_event(
-            s, "thread_adopted", actor=ev.agent.key, at=now, ticket_id=ticket.id,
-            thread=ev.thread_ref,
         )
 
     async def _tell_agent(self, s: AsyncSession, ev: AgentEvent, text: str, now: datetime) -> None:

@@ -762,6 +762,7 @@ class TelegramChannel:
             is_member=self._is_member(),
             root_ticket=root_ticket,
             root_is_bot=root_is_bot,
+            reply_chain=not m.is_topic_message,
         )
         await self.app.handle_agent(ev)
 

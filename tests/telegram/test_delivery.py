@@ -171,3 +171,24 @@ async def test_forum_without_topic_rights_falls_back_to_a_card(make_tg: MakeTg) 
     assert "Hi from General" in tg.last(ann)
     async with tg.app.db.transaction() as s:
         assert (await s.execute(select(Ticket))).scalar_one().owner_name == "Bob"
+
+
+async def test_group_without_topics_a_reply_to_a_consultants_message_finds_the_ticket(
+    make_tg: MakeTg,
+) -> None:
+    """In a group without topics a ticket's thread is a chain of replies: a reply to a
+    consultant's message in it (not only to the card) belongs to the ticket too."""
+    tg: Tg = await make_tg()
+    ann, bob, cid = tg.user("Ann", 5001), tg.user("Bob", 9001), tg.user("Cid", 9002)
+    await tg.escalate(ann)
+    first = await tg.in_thread(bob, "Hello Ann, which browser do you use?")
+    await tg.in_thread(bob, "And which version?", reply_to=first.message_id)
+    texts = tg.fake.texts(ann.id)
+    assert any("which browser" in t for t in texts) and any("which version" in t for t in texts)
+    # A colleague's reply in the chain reaches the desk too: Bob owns the ticket, so Cid is
+    # told so, not ignored.
+    notices = len(tg.fake.sent(L2))
+    await tg.in_thread(cid, "I can take it", reply_to=first.message_id)
+    await tg.dispatcher.drain()
+    assert any("Bob" in t for t in tg.fake.texts(L2)[notices:])
+    assert not any("I can take it" in t for t in tg.fake.texts(ann.id))
