@@ -245,7 +245,7 @@ def tickets_list(
     from escalation.desk import OPEN_STATUSES
 
     async def go(a: App) -> None:
-        async with a.db.transaction() as s:
+        async with a.db.read() as s:
             stmt = select(Ticket).order_by(Ticket.id)
             if not all_:
                 stmt = stmt.where(Ticket.status.in_(OPEN_STATUSES))
@@ -285,7 +285,7 @@ def tickets_show(
     from escalation.card import build_card, render_plain
 
     async def go(a: App) -> None:
-        async with a.db.transaction() as s:
+        async with a.db.read() as s:
             tk = await a.desk.by_number(s, number)
             if tk is None:
                 typer.echo(f"no ticket {number}", err=True)
@@ -307,7 +307,7 @@ def sla_explain(number: str) -> None:
     from escalation.calendar import format_duration
 
     async def go(a: App) -> None:
-        async with a.db.transaction() as s:
+        async with a.db.read() as s:
             tk = await a.desk.by_number(s, number)
             if tk is None:
                 typer.echo(f"no ticket {number}", err=True)
@@ -534,7 +534,7 @@ def kb_gaps(
 
     async def go(a: App) -> None:
         since = a.clock.now() - timedelta(days=days)
-        async with a.db.transaction() as s:
+        async with a.db.read() as s:
             none = (
                 (
                     await s.execute(
@@ -573,7 +573,7 @@ def drafts_list(ctx: typer.Context) -> None:
     from bot.storage.models import KbDraft
 
     async def go(a: App) -> None:
-        async with a.db.transaction() as s:
+        async with a.db.read() as s:
             rows = (
                 (
                     await s.execute(
@@ -717,7 +717,7 @@ async def status_report(db: Database, now: datetime) -> dict[str, Any]:
     from bot.storage.models import Outbox
 
     stats = await outbox_stats(db, now)
-    async with db.transaction() as s:
+    async with db.read() as s:
         per_channel = (
             await s.execute(
                 select(Outbox.channel, Outbox.status, func.count(), func.min(Outbox.created_at))

@@ -22,7 +22,7 @@ async def export_lines(
 ) -> AsyncIterator[str]:
     """One JSON object per line: every ticket (``"type": "ticket"``), then every event
     (``"type": "event"``), oldest first; ``since`` limits both to changes after it."""
-    async with db.transaction() as s:
+    async with db.read() as s:
         tickets = select(Ticket).order_by(Ticket.id)
         if since is not None:
             tickets = tickets.where(Ticket.updated_at >= since)

@@ -80,7 +80,7 @@ class Metrics:
 
     async def refresh(self, db: Database, now: datetime) -> None:
         """Read the database-wide figures into the gauges."""
-        async with db.transaction() as s:
+        async with db.read() as s:
             by_status = dict(
                 (await s.execute(select(Ticket.status, func.count()).group_by(Ticket.status))).all()
             )

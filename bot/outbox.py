@@ -541,7 +541,7 @@ async def outbox_stats(db: Database, now: datetime) -> dict[str, Any]:
     """Counts of the rows not delivered (pending, sending, failed) and the age of the oldest
     unsent one (the outbox lag). Delivered rows are not counted: there can be millions, and
     this runs for every health check (the status index makes these counts cheap)."""
-    async with db.transaction() as s:
+    async with db.read() as s:
         rows = (
             await s.execute(
                 select(Outbox.status, func.count(), func.min(Outbox.created_at))

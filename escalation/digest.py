@@ -553,7 +553,7 @@ async def claim_digest(s: AsyncSession, day: date, target: str, now: datetime) -
 
 async def sent_targets(db: Database, day: date) -> set[str]:
     """The recipients that already have ``day``'s digest."""
-    async with db.transaction() as s:
+    async with db.read() as s:
         rows = await s.execute(select(DigestRun.target).where(DigestRun.day == day.isoformat()))
         return set(rows.scalars())
 

@@ -1107,7 +1107,7 @@ async def load_history(
     ``since`` (its older events decide its business times); tickets finished before
     ``since`` are never loaded.
     """
-    async with db.transaction() as s:
+    async with db.read() as s:
         recent = list(
             (
                 await s.execute(

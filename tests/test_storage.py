@@ -196,6 +196,35 @@ async def test_two_dispatchers_never_send_a_row_twice(db: Database) -> None:
         assert set((await s.execute(select(Outbox.status))).scalars()) == {"sent"}
 
 
+async def test_a_long_read_holds_up_no_writer_and_sees_one_snapshot(db_url: str) -> None:
+    """Reports, exports and status read through ``Database.read``: while one is open,
+    writers of this process and of another (the bot, while an admin runs the CLI) go on."""
+    here, other = Database(db_url), Database(db_url)
+    await here.upgrade()
+    here.busy_timeout = other.busy_timeout = 2.0
+
+    async def count() -> int:
+        async with here.read() as r:
+            return len((await r.execute(select(Event))).all())
+
+    async def write(db: Database) -> None:
+        async with db.transaction() as s:
+            await log_event(s, "probe", actor="test", at=datetime(2026, 1, 12, tzinfo=UTC))
+
+    try:
+        await write(here)
+        async with here.read() as r:
+            seen = len((await r.execute(select(Event))).all())
+            async with asyncio.timeout(5):
+                await write(other)  # another process: not locked out
+                await write(here)  # this process: not queued behind the read
+            assert len((await r.execute(select(Event))).all()) == seen == 1  # its snapshot
+        assert await count() == 3
+    finally:
+        await here.dispose()
+        await other.dispose()
+
+
 async def test_a_conversation_survives_a_restart(db_url: str) -> None:
     clock = FakeClock(datetime(2026, 1, 12, 7, tzinfo=UTC))
     app = await App.create(_settings(db_url), clock)

@@ -30,6 +30,9 @@ BUSY_TIMEOUT = 30.0  # seconds a SQLite unit of work waits for another process's
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
+# Execution option marking a read-only unit of work (Database.read).
+READ_ONLY = "firstline_read_only"
+
 # PostgreSQL cannot store U+0000 in text; it is stored as U+FFFD on every backend.
 NUL, NUL_STANDIN = "\x00", "\ufffd"
 
@@ -111,6 +114,14 @@ class Database:
         if self.sqlite:
             self._setup_sqlite()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Read-only units of work (reports, exports, status): on SQLite a plain deferred
+        # BEGIN, so they never hold the database's one write lock (see read()).
+        read_options: dict[str, Any] = {READ_ONLY: True}
+        if not self.sqlite:
+            read_options["isolation_level"] = "REPEATABLE READ"  # one snapshot, as on SQLite
+        self._readers = async_sessionmaker(
+            self.engine.execution_options(**read_options), expire_on_commit=False
+        )
         # SQLite has one writer at a time: units of work of this process queue here, in
         # order, instead of polling the database lock.
         self._write_lock: WriteQueue | None = WriteQueue() if self.sqlite else None
@@ -136,7 +147,10 @@ class Database:
 
         @event.listens_for(sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            if inline:
+            if conn.get_execution_options().get(READ_ONLY):
+                # WAL: a reader sees one snapshot and never waits for, or holds up, a writer.
+                conn.exec_driver_sql("BEGIN")
+            elif inline:
                 begin_immediate(conn, self.busy_timeout)
             else:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -158,6 +172,14 @@ class Database:
                 yield session
         finally:
             self._write_lock.release()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A read-only unit of work: one consistent snapshot, and on SQLite no write lock
+        and no place in the writer queue, so a long report or export (even from another
+        process, like the CLI) does not hold up the bot's writes. Never write in it."""
+        async with self._readers() as session, session.begin():
+            yield session
 
     async def upgrade(self) -> None:
         """Apply Alembic migrations up to head (safe to call at every start)."""
