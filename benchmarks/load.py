@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pydantic import SecretStr
 from sqlalchemy import func, select, text
 
-from bot.app import App
+from bot.app import App, freeze_startup_heap
 from bot.domain import UserEvent, UserRef
 from bot.outbox import OutboxItem, SendResult
 from bot.storage.db import Database
@@ -248,6 +248,7 @@ async def run_memory(args: argparse.Namespace, url: str, rss: list[tuple[float, 
     seq = iter(range(1, 10**12))
     res = Results()
     record = [False]
+    freeze_startup_heap()  # as handlers/server.py does once started
 
     async def turn(n: int) -> None:
         name = f"u{n}"
@@ -358,6 +359,7 @@ async def run_telegram(
     stop = asyncio.Event()
     delivery = asyncio.create_task(dispatcher.run_forever(stop))
     await channel.start()
+    freeze_startup_heap()  # as handlers/server.py does once started
     sampler = asyncio.create_task(_sample_rss(rss, os.getpid()))
     cpu0 = time.process_time()
     ours.send("go")
