@@ -256,7 +256,7 @@ class DialogEngine:
             state = flood.count_event(turn.user, turn.now)
         else:
             state = flood.FloodState(over=False, warn=False, new_window=False)
-        if state.new_window:
+        if state.new_window and state.held_before:
             # Messages held in the user's previous window go to L2 before this one.
             await flood.flush_user(turn.s, self.desk, turn.user, turn.now)
         if _is_forget(ev):
