@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/load.py                         # memory channel, SQLite, ~5 min
     .venv/bin/python benchmarks/load.py --channel telegram      # through the fake Bot API
     .venv/bin/python benchmarks/load.py --quick                 # 10 s + 20 s, a smoke run
+    .venv/bin/python benchmarks/load.py --processes 2           # two bot processes, one file
     .venv/bin/python benchmarks/load.py --db sqlite+aiosqlite:///path/load.db
     .venv/bin/python benchmarks/load.py --db postgresql+asyncpg://postgres@127.0.0.1/scratch
 
@@ -13,6 +14,10 @@ Channels:
   fake Bot API server of ``tests/fakes/telegram_api.py``. The fake and the simulated users
   run in a child process, as Telegram and its users would be elsewhere; the bot process is
   measured alone. The sender's rate limits are off (Telegram itself allows ~30 messages/s).
+
+``--processes N`` (memory channel) runs N bot processes on the one database, the users
+split between them, each process delivering its own users' replies: the deployment that
+uses more than one core. Its figures are sums over the processes.
 
 Two phases:
 1. **throughput** (``--throughput-seconds``) — ``--concurrency`` users at a time each send
@@ -53,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pydantic import SecretStr
 from sqlalchemy import func, select, text
 
-from bot.app import App
+from bot.app import App, freeze_startup_heap
 from bot.domain import UserEvent, UserRef
 from bot.outbox import OutboxItem, SendResult
 from bot.storage.db import Database
@@ -233,26 +238,45 @@ class BenchSender:
         return SendResult()
 
 
-async def run_memory(args: argparse.Namespace, url: str, rss: list[tuple[float, float]]) -> Results:
-    """Both phases through the in-memory channel."""
-    app = await App.create(_settings(url))
+async def run_memory(
+    args: argparse.Namespace,
+    url: str,
+    rss: list[tuple[float, float]],
+    *,
+    first_user: int = 0,
+    sync: Callable[[], None] | None = None,
+) -> Results:
+    """Both phases through the in-memory channel.
+
+    With ``--processes`` this runs in each bot process for its own slice of the users
+    (``args.users`` from ``first_user``); ``sync`` waits for the other processes before each
+    phase, and the dispatcher takes only its own users' rows (the replies are delivered to
+    an in-memory sender, which only the process of that user has).
+    """
+    names = [f"u{first_user + n}" for n in range(args.users)]
+    mine = frozenset(names)
+    app = await App.create(_settings(url), migrate=sync is None)
     sender = BenchSender()
-    dispatcher = app.dispatcher({"memory": sender})
+    dispatcher = app.dispatcher(
+        {"memory": sender},
+        target_filter=None if sync is None else (lambda _channel, target: target in mine),
+    )
     stop = asyncio.Event()
     delivery = asyncio.create_task(dispatcher.run_forever(stop))
-    scripts = [Script(random.Random(n)) for n in range(args.users)]
+    scripts = [Script(random.Random(first_user + n)) for n in range(args.users)]
     refs = [
-        UserRef("memory", f"u{n}", display_name=f"User {n}", language_code="en")
-        for n in range(args.users)
+        UserRef("memory", name, display_name=f"User {name[1:]}", language_code="en")
+        for name in names
     ]
     seq = iter(range(1, 10**12))
     res = Results()
     record = [False]
+    freeze_startup_heap()  # as handlers/server.py does once started
 
     async def turn(n: int) -> None:
-        name = f"u{n}"
+        name = names[n]
         kind, value = scripts[n].next(sender.buttons.get(name, []))
-        eid = f"e{next(seq)}"
+        eid = f"e{first_user}-{next(seq)}"  # unique across the processes too
         if kind == "text":
             ev = UserEvent("memory", eid, refs[n], name, "message", text=value)
         elif kind == "command":
@@ -280,6 +304,9 @@ async def run_memory(args: argparse.Namespace, url: str, rss: list[tuple[float, 
             res.latencies.append(at - t0)
             res.lags.append(at - committed)
 
+    loop = asyncio.get_running_loop()
+    if sync is not None:
+        await loop.run_in_executor(None, sync)
     sampler = asyncio.create_task(_sample_rss(rss, os.getpid()))
     cpu0 = time.process_time()
     delivered0 = sender.delivered
@@ -296,6 +323,8 @@ async def run_memory(args: argparse.Namespace, url: str, rss: list[tuple[float, 
     res.drain_seconds = time.perf_counter() - t1
     record[0] = True
     gc.collect()
+    if sync is not None:
+        await loop.run_in_executor(None, sync)
     await open_loop(turn, args.users, args.rate, args.seconds, res)
     res.bot_cpu_seconds = time.process_time() - cpu0
     sampler.cancel()
@@ -358,6 +387,7 @@ async def run_telegram(
     stop = asyncio.Event()
     delivery = asyncio.create_task(dispatcher.run_forever(stop))
     await channel.start()
+    freeze_startup_heap()  # as handlers/server.py does once started
     sampler = asyncio.create_task(_sample_rss(rss, os.getpid()))
     cpu0 = time.process_time()
     ours.send("go")
@@ -462,6 +492,72 @@ async def _telegram_side(conn: Connection, args: argparse.Namespace) -> None:
     await fake.close()
 
 
+# ---------------------------------------------------------------------------- processes
+
+
+def run_processes(args: argparse.Namespace, url: str, rss: list[tuple[float, float]]) -> Results:
+    """``--processes N``: N bot processes on one database, each with its own slice of the
+    users, a share of the concurrency and the rate, and its own dispatcher; the figures
+    are their sums (CPU: of all bot processes; RSS: their total)."""
+    n = args.processes
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(n)
+    per_users, per_conc = args.users // n, max(1, args.concurrency // n)
+    pipes = []
+    children = []
+    for k in range(n):
+        ours, theirs = ctx.Pipe()
+        options = {
+            **vars(args),
+            "users": per_users,
+            "concurrency": per_conc,
+            "rate": args.rate / n,
+        }
+        child = ctx.Process(
+            target=memory_process, args=(theirs, options, url, k * per_users, barrier)
+        )
+        child.start()
+        pipes.append(ours)
+        children.append(child)
+    parts: list[tuple[dict[str, Any], list[tuple[float, float]]]] = [p.recv() for p in pipes]
+    for child in children:
+        child.join()
+    results = [Results(**r) for r, _ in parts]
+    total = Results(
+        closed_turns=sum(r.closed_turns for r in results),
+        closed_seconds=max(r.closed_seconds for r in results),
+        closed_replies=sum(r.closed_replies for r in results),
+        backlog_after_closed=sum(r.backlog_after_closed for r in results),
+        drain_seconds=max(r.drain_seconds for r in results),
+        offered=sum(r.offered for r in results),
+        skipped=sum(r.skipped for r in results),
+        open_seconds=max(r.open_seconds for r in results),
+        latencies=[x for r in results for x in r.latencies],
+        lags=[x for r in results for x in r.lags],
+        timeouts=sum(r.timeouts for r in results),
+        refused=sum(r.refused for r in results),
+        bot_cpu_seconds=sum(r.bot_cpu_seconds for r in results),
+    )
+    samples = min(len(series) for _, series in parts)
+    rss.extend(
+        (parts[0][1][i][0], sum(series[i][1] for _, series in parts)) for i in range(samples)
+    )
+    return total
+
+
+def memory_process(
+    conn: Connection, options: dict[str, Any], url: str, first_user: int, barrier: Any
+) -> None:
+    """One bot process of ``--processes``: both phases for its users; sends its results."""
+    rss: list[tuple[float, float]] = []
+    res = asyncio.run(
+        run_memory(
+            argparse.Namespace(**options), url, rss, first_user=first_user, sync=barrier.wait
+        )
+    )
+    conn.send((asdict(res), rss))
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -483,8 +579,15 @@ async def run(args: argparse.Namespace) -> None:
         await _reset_pg(url)
     rss: list[tuple[float, float]] = []
     args.load_at_start = os.getloadavg()[0]
-    runner = run_telegram if args.channel == "telegram" else run_memory
-    res = await runner(args, url, rss)
+    if args.processes > 1:
+        db = Database(url)
+        await db.upgrade()  # once, before the processes start
+        await db.dispose()
+        loop = asyncio.get_running_loop()
+        res = await loop.run_in_executor(None, run_processes, args, url, rss)
+    else:
+        runner = run_telegram if args.channel == "telegram" else run_memory
+        res = await runner(args, url, rss)
     report(args, url, res, rss)
 
 
@@ -494,10 +597,12 @@ def report(
     """Print the figures of a run."""
     print(
         f"channel: {args.channel}  database: {url.split('://')[0]}  users: {args.users}  "
+        f"bot processes: {args.processes}  "
         f"cpus: {os.cpu_count()}  load average (1 min) at the start {args.load_at_start:.2f}, "
         f"at the end {os.getloadavg()[0]:.2f}"
     )
     rate = res.closed_turns / res.closed_seconds if res.closed_seconds else 0.0
+    procs = "bot process" if args.processes == 1 else f"{args.processes} bot processes together"
     line = (
         f"throughput (closed loop, {args.concurrency} at a time, {res.closed_seconds:.0f} s): "
         f"{rate:.0f} dialog turns/s ({res.closed_turns} turns, "
@@ -522,7 +627,7 @@ def report(
     if res.bot_cpu_seconds and total:
         per_turn = res.bot_cpu_seconds / total
         print(
-            f"bot process CPU: {1000 * per_turn:.2f} ms per turn over both phases "
+            f"{procs} CPU: {1000 * per_turn:.2f} ms per turn over both phases "
             f"({res.bot_cpu_seconds:.0f} s for {total} turns)"
         )
     if res.lags:
@@ -535,7 +640,7 @@ def report(
         early = statistics.mean(m for _, m in rss[:tenth])
         late = statistics.mean(m for _, m in rss[-tenth:])
         print(
-            f"bot process RSS: {early:.0f} MB in the first tenth of the run, {late:.0f} MB in "
+            f"{procs} RSS: {early:.0f} MB in the first tenth of the run, {late:.0f} MB in "
             f"the last, growth {100 * (late - early) / early:.1f}% "
             f"(peak {max(m for _, m in rss):.0f} MB)"
         )
@@ -552,7 +657,15 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=240, help="fixed-rate (soak) phase")
     p.add_argument("--rate", type=float, default=100, help="offered turns per second")
     p.add_argument("--quick", action="store_true", help="10 s + 20 s: a smoke run")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="bot processes on the one database, users split between them (memory channel)",
+    )
     args = p.parse_args()
+    if args.processes > 1 and args.channel != "memory":
+        p.error("--processes needs --channel memory")
     if args.quick:
         args.throughput_seconds, args.seconds = 10.0, 20.0
     with contextlib.suppress(KeyboardInterrupt):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,18 @@ from kb.matcher import MatchSettings
 from kb.service import KnowledgeBase
 
 log = logging.getLogger(__name__)
+
+
+def freeze_startup_heap() -> None:
+    """Move everything allocated so far out of the garbage collector's view.
+
+    Call once the process has started (settings, KB, SQLAlchemy's mappers, the platform
+    SDKs): those objects live as long as the process, yet every full collection walked
+    them all, ~100 ms under load at a time, every request stalled meanwhile. Objects made
+    later are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def match_settings(settings: Settings) -> MatchSettings:

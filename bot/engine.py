@@ -182,6 +182,9 @@ class DialogEngine:
                     return HandleResult(duplicate=True)
                 turn = await self._begin(s, ev, now)
                 result = await self._dispatch(turn, ev)
+                # Touched last, so the row's other changes go out in the same UPDATE (a
+                # query in the middle of the turn flushes what is dirty by then).
+                turn.chat.updated_at = now
                 feedback = turn.feedback
             # Only after the commit: the in-memory ranking follows the database.
             for article_id, query, helped in feedback:
@@ -221,7 +224,6 @@ class DialogEngine:
         )
         if conv is None:
             conv = await self._new_conversation(s, user, chat, lang, now)
-        chat.updated_at = now
         log_context.set({**(log_context.get() or {}), "conversation": conv.id})
         return Turn(s=s, now=now, user=user, chat=chat, conv=conv, lang=lang)
 
@@ -256,7 +258,7 @@ class DialogEngine:
             state = flood.count_event(turn.user, turn.now)
         else:
             state = flood.FloodState(over=False, warn=False, new_window=False)
-        if state.new_window:
+        if state.new_window and state.held_before:
             # Messages held in the user's previous window go to L2 before this one.
             await flood.flush_user(turn.s, self.desk, turn.user, turn.now)
         if _is_forget(ev):
@@ -269,7 +271,12 @@ class DialogEngine:
         return await self._dispatch_allowed(turn, ev)
 
     async def _dispatch_allowed(self, turn: Turn, ev: UserEvent) -> HandleResult:
-        turn.conv.updated_at = turn.now
+        conv = turn.conv
+        result = await self._dispatch_kind(turn, ev)
+        conv.updated_at = turn.now  # last: see handle()
+        return result
+
+    async def _dispatch_kind(self, turn: Turn, ev: UserEvent) -> HandleResult:
         if ev.kind == "command":
             await self._command(turn, ev.command.lower(), ev.args)
             return HandleResult()

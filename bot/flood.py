@@ -46,6 +46,9 @@ class FloodState:
     over: bool  # beyond the limit: keep, do not answer
     warn: bool  # the first event beyond the limit in this window: say "too fast" once
     new_window: bool  # this event opened a new window (held messages may go out now)
+    # The window this event closed went over the limit, so it may have held messages: only
+    # then does the new window look for them (the periodic flush_held catches the rest).
+    held_before: bool = False
 
 
 def count_event(user: User, now: datetime) -> FloodState:
@@ -54,10 +57,15 @@ def count_event(user: User, now: datetime) -> FloodState:
     start = user.flood_window_start
     # A clock that went backwards (another host, a test) starts a fresh window too.
     if start is None or now - start >= WINDOW or now < start:
+        # Messages are held only beyond the limit, and each new window relays the previous
+        # one's: held ones can only come from the window closing now.
+        held_before = start is not None and (
+            (user.flood_count or 0) > LIMIT or bool(user.flood_warned)
+        )
         user.flood_window_start = now
         user.flood_count = 1
         user.flood_warned = False
-        return FloodState(over=False, warn=False, new_window=True)
+        return FloodState(over=False, warn=False, new_window=True, held_before=held_before)
     user.flood_count = (user.flood_count or 0) + 1
     if user.flood_count <= LIMIT:
         return FloodState(over=False, warn=False, new_window=False)

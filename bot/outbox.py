@@ -58,6 +58,20 @@ _UNSENT = (
     .order_by(Outbox.id)
     .limit(_UNSENT_BATCH)
 )
+# First attempts (no state yet) are claimed together; RETURNING says which rows this
+# dispatcher won (another one may have taken some since the SELECT, on PostgreSQL).
+_TAKE_FRESH = (
+    update(Outbox)
+    .where(Outbox.id.in_(bindparam("rows", expanding=True)), Outbox.status == "pending")
+    .values(
+        status="sending",
+        locked_by=bindparam("worker"),
+        locked_until=bindparam("until"),
+        result={"inflight": True},
+    )
+    .returning(Outbox.id)
+)
+# A retry keeps what its earlier attempts recorded: one statement per row.
 _TAKE = (
     update(Outbox)
     .where(Outbox.id == bindparam("row"), Outbox.status == "pending")
@@ -190,6 +204,10 @@ class Sender(Protocol):
         ...
 
 
+# A claimed row, what the sender worked with, and how its call ended.
+Outcome = tuple[Outbox, OutboxItem, SendResult]
+
+
 def backoff(attempts: int) -> float:
     """Seconds to wait before the next try: 1, 2, 4 ... capped at 5 minutes."""
     return float(min(2 ** max(attempts - 1, 0), 300))
@@ -218,6 +236,8 @@ class Dispatcher:
         self._next_reclaim = 0.0
         self._wake = asyncio.Event()
         self._more = False  # the last claim left due rows behind
+        # Outcomes of the last pass not recorded yet: the next claim records them first.
+        self._carry: list[Outcome] = []
 
     def wake(self) -> None:
         """Something was queued: deliver without waiting for the next poll."""
@@ -229,11 +249,16 @@ class Dispatcher:
         After a pass the next one starts at once only if the pass left due rows behind (a
         target's next row, or more than it takes at a time); otherwise it waits for a wake,
         which may have come during the pass, or for the poll (retries, other processes).
+        When the next pass starts at once, the outcomes of this one are recorded in its
+        claim's transaction (one unit of work per pass instead of two); otherwise at once.
         """
         while not stop.is_set():
             self._wake.clear()  # what is queued from now on wakes the next pass
             try:
-                sent = await self.run_once()
+                sent, outcomes = await self._pass(50)
+                self._carry = outcomes
+                if self._carry and not (self._more or self._wake.is_set()):
+                    await self._record_carried()
             except Exception:
                 log.exception("outbox pass failed; retrying")
                 sent = 0
@@ -246,10 +271,25 @@ class Dispatcher:
             )
             for task in pending:
                 task.cancel()
+        await self._record_carried()
+
+    async def _record_carried(self) -> None:
+        """Record the outcomes still held from the last pass (nothing claimed with them)."""
+        if self._carry:
+            now = self.clock.now()
+            async with self.db.transaction(urgent=True) as s:
+                await self._record(s, self._carry, now)
+            self._carry = []
 
     async def _claim(self, now: datetime, limit: int) -> list[tuple[Outbox, bool]]:
-        """Claim due rows; each with whether its previous attempt may have sent something."""
+        """Claim due rows; each with whether its previous attempt may have sent something.
+
+        The outcomes carried from the previous pass are recorded first, in the same
+        transaction: a target whose row was just sent offers its next row to this claim.
+        """
         async with self.db.transaction(urgent=True) as s:
+            if self._carry:
+                await self._record(s, self._carry, now)
             # Rows whose sender died mid-call go back to the queue: looked for on the first
             # pass and then every few seconds, not on every pass of a busy dispatcher.
             if time.monotonic() >= self._next_reclaim:
@@ -261,8 +301,7 @@ class Dispatcher:
                 )
                 await self._reclaim_from_dead_workers(s)
             rows = list((await s.execute(_UNSENT, {"channels": list(self.senders)})).scalars())
-            conn = await s.connection()
-            chosen: list[tuple[Outbox, bool]] = []
+            candidates: list[tuple[Outbox, bool]] = []
             blocked: set[tuple[str, str]] = set()
             self._more = len(rows) == _UNSENT_BATCH
             for row in rows:
@@ -277,25 +316,47 @@ class Dispatcher:
                     continue
                 if row.status != "pending" or row.next_attempt_at > now:
                     continue
-                state = dict(row.result or {})
+                if len(candidates) >= limit:
+                    self._more = True
+                    break
+                state = row.result or {}
                 # Still marked in flight: the attempt that claimed it last never recorded.
-                doubt = bool(state.get("inflight") or state.get("doubt"))
+                candidates.append((row, bool(state.get("inflight") or state.get("doubt"))))
+            taken = await self._take(s, candidates, now)
+        self._carry = []  # committed with the claim
+        return [(row, doubt) for row, doubt in candidates if row.id in taken]
+
+    async def _take(
+        self, s: AsyncSession, candidates: list[tuple[Outbox, bool]], now: datetime
+    ) -> set[int]:
+        """Mark the candidates as being sent by this worker; the ids it won.
+
+        The claim writes the durable "attempt started" marker (``inflight``), cleared by the
+        record. Rows without earlier state are taken in one statement.
+        """
+        conn = await s.connection()
+        until = now + LOCK_FOR
+        fresh = [row.id for row, _ in candidates if not row.result]
+        taken: set[int] = set()
+        if fresh:
+            res = await conn.execute(
+                _TAKE_FRESH, {"rows": fresh, "worker": self.worker_id, "until": until}
+            )
+            taken.update(res.scalars())
+        for row, _ in candidates:
+            if row.result:
                 res = await conn.execute(
                     _TAKE,
                     {
                         "row": row.id,
                         "worker": self.worker_id,
-                        "until": now + LOCK_FOR,
-                        # The durable "attempt started" marker, cleared by the record.
-                        "result": {**state, "inflight": True},
+                        "until": until,
+                        "result": {**row.result, "inflight": True},
                     },
                 )
                 if res.rowcount == 1:
-                    chosen.append((row, doubt))
-                if len(chosen) >= limit:
-                    self._more = True
-                    break
-            return chosen
+                    taken.add(row.id)
+        return taken
 
     async def _reclaim_from_dead_workers(self, s: AsyncSession) -> None:
         """Rows locked by a process of this host that no longer runs go back at once.
@@ -318,23 +379,31 @@ class Dispatcher:
 
     async def run_once(self, limit: int = 50) -> int:
         """One pass: claim due rows (one per target), build them in one transaction, send
-        them concurrently, and record each outcome as soon as its call returns."""
+        them concurrently, and record their outcomes together once every call returned."""
+        sent, outcomes = await self._pass(limit)
+        if outcomes:
+            async with self.db.transaction(urgent=True) as s:
+                await self._record(s, outcomes, self.clock.now())
+        return sent
+
+    async def _pass(self, limit: int) -> tuple[int, list[Outcome]]:
+        """Claim, build and send; the outcomes are left for the caller to record.
+
+        Until they are recorded, each row keeps the claim's in-flight marker, so after a
+        crash the next attempt knows that its next call may already have been made.
+        """
         now = self.clock.now()
         claimed = await self._claim(now, limit)
         if not claimed:
-            return 0
+            return 0, []
         rows = [row for row, _ in claimed]
         items = await self._items(rows)
         for row, doubt in claimed:
             items[row.id].in_doubt = doubt
-        await asyncio.gather(*(self._send_and_record(row, items[row.id]) for row in rows))
-        return len(rows)
-
-    async def _send_and_record(self, row: Outbox, item: OutboxItem) -> None:
-        # Each row is recorded as soon as its own call returns; a crash before the record
-        # leaves the claim's in-flight marker, so the next attempt knows to look first.
-        result = await self._send(row, item)
-        await self._record([(row, item, result)])
+        results = await asyncio.gather(*(self._send(row, items[row.id]) for row in rows))
+        return len(rows), [
+            (row, items[row.id], result) for row, result in zip(rows, results, strict=True)
+        ]
 
     async def _save_progress(self, row_id: int, done: dict[str, Any]) -> None:
         """Persist the calls a row has made so far (between two calls of one row)."""
@@ -410,11 +479,24 @@ class Dispatcher:
             log.exception("sender %s failed on outbox row %s", row.channel, row.id)
             return SendResult(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
 
-    async def _record(self, outcomes: list[tuple[Outbox, OutboxItem, SendResult]]) -> None:
-        now = self.clock.now()
-        async with self.db.transaction(urgent=True) as s:
-            for row, item, result in outcomes:
-                await self._record_one(s, row, item, result, now)
+    async def _record(self, s: AsyncSession, outcomes: list[Outcome], now: datetime) -> None:
+        """Record a pass's outcomes in the caller's unit of work; the rows that went out
+        are marked sent with one statement (one parameter set per row)."""
+        sent: list[dict[str, Any]] = []
+        for row, item, result in outcomes:
+            if result.ok:
+                sent.append(
+                    {
+                        "row": row.id,
+                        "at": now,
+                        "attempts": row.attempts + 1,
+                        "result": {"done": item.done} if item.done else None,
+                    }
+                )
+        if sent:
+            await (await s.connection()).execute(_MARK_SENT, sent)
+        for row, item, result in outcomes:
+            await self._record_one(s, row, item, result, now)
 
     async def _record_one(
         self, s: AsyncSession, row: Outbox, item: OutboxItem, result: SendResult, now: datetime
@@ -427,15 +509,7 @@ class Dispatcher:
         if result.ok:
             if self.metrics is not None:
                 self.metrics.deliveries.labels(row.channel, "sent").inc()
-            await (await s.connection()).execute(
-                _MARK_SENT,
-                {
-                    "row": row.id,
-                    "at": now,
-                    "attempts": row.attempts + 1,
-                    "result": {"done": item.done} if item.done else None,
-                },
-            )
+            # The row itself was marked sent by _record, with the others of its pass.
             if result.drop_roles and row.ticket_id is not None:
                 stale = await s.execute(
                     select(MessageLink).where(

@@ -19,7 +19,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.app import App
+from bot.app import App, freeze_startup_heap
 from bot.clock import Clock
 from bot.metrics import CONTENT_TYPE
 from bot.outbox import Dispatcher, Sender, outbox_stats
@@ -238,6 +238,7 @@ async def serve(
         for ch in channels:
             await ch.start()
             log.info("%s channel started", ch.name)
+        freeze_startup_heap()
         await stop.wait()
     finally:
         log.info("shutting down")

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -300,6 +300,23 @@ async def test_held_messages_go_out_with_the_next_window_and_survive_a_restart(
         assert not held
     finally:
         await app.close()
+
+
+def test_only_a_window_that_went_over_the_limit_has_held_messages_to_look_for() -> None:
+    user = User(flood_window_start=None, flood_count=0, flood_warned=False)
+    start = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    first = flood.count_event(user, start)
+    assert first.new_window and not first.held_before  # a new user: nothing held
+    for i in range(flood.LIMIT - 1):
+        assert not flood.count_event(user, start + timedelta(seconds=i)).over
+    calm = flood.count_event(user, start + flood.WINDOW)
+    assert calm.new_window and not calm.held_before  # the limit was reached, not passed
+    for _ in range(flood.LIMIT):
+        flood.count_event(user, start + flood.WINDOW)
+    assert user.flood_count == flood.LIMIT + 1
+    after_flood = flood.count_event(user, start + 2 * flood.WINDOW)
+    assert after_flood.new_window and after_flood.held_before
+    assert user.flood_count == 1 and not user.flood_warned
 
 
 async def test_flood_in_the_dialog_keeps_every_text_and_answers_once(
