@@ -120,9 +120,11 @@ def test_report_agrees_with_tickets_after_console_sessions(cli: Cli) -> None:
               stdin="reply FL-1001 Fixed it for you\nresolve FL-1001\n")
     assert l2.returncode == 0
     tickets = json.loads(cli("tickets", "--all", "--json").stdout)
-    from datetime import date
+    from datetime import UTC, datetime
 
-    today = date.today().isoformat()
+    # "Now" as a moment: a date would be read in the report's time zone (Moscow), where
+    # late in the UTC evening it is already tomorrow.
+    today = datetime.now(UTC).isoformat()
     rep = cli("report", "--since", "2000-01-01", "--until", today, "--format", "json")
     assert rep.returncode == 0, rep.stderr
     data = json.loads(rep.stdout)
