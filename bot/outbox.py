@@ -236,8 +236,9 @@ class Dispatcher:
         self._next_reclaim = 0.0
         self._wake = asyncio.Event()
         self._more = False  # the last claim left due rows behind
-        # Outcomes of the last pass not recorded yet: the next claim records them first.
-        self._carry: list[Outcome] = []
+        # Outcomes of this pass waiting for their record (see _send_and_record).
+        self._unrecorded: list[Outcome] = []
+        self._recording = asyncio.Lock()
 
     def wake(self) -> None:
         """Something was queued: deliver without waiting for the next poll."""
@@ -249,16 +250,11 @@ class Dispatcher:
         After a pass the next one starts at once only if the pass left due rows behind (a
         target's next row, or more than it takes at a time); otherwise it waits for a wake,
         which may have come during the pass, or for the poll (retries, other processes).
-        When the next pass starts at once, the outcomes of this one are recorded in its
-        claim's transaction (one unit of work per pass instead of two); otherwise at once.
         """
         while not stop.is_set():
             self._wake.clear()  # what is queued from now on wakes the next pass
             try:
-                sent, outcomes = await self._pass(50)
-                self._carry = outcomes
-                if self._carry and not (self._more or self._wake.is_set()):
-                    await self._record_carried()
+                sent = await self.run_once(50)
             except Exception:
                 log.exception("outbox pass failed; retrying")
                 sent = 0
@@ -271,25 +267,10 @@ class Dispatcher:
             )
             for task in pending:
                 task.cancel()
-        await self._record_carried()
-
-    async def _record_carried(self) -> None:
-        """Record the outcomes still held from the last pass (nothing claimed with them)."""
-        if self._carry:
-            now = self.clock.now()
-            async with self.db.transaction(urgent=True) as s:
-                await self._record(s, self._carry, now)
-            self._carry = []
 
     async def _claim(self, now: datetime, limit: int) -> list[tuple[Outbox, bool]]:
-        """Claim due rows; each with whether its previous attempt may have sent something.
-
-        The outcomes carried from the previous pass are recorded first, in the same
-        transaction: a target whose row was just sent offers its next row to this claim.
-        """
+        """Claim due rows; each with whether its previous attempt may have sent something."""
         async with self.db.transaction(urgent=True) as s:
-            if self._carry:
-                await self._record(s, self._carry, now)
             # Rows whose sender died mid-call go back to the queue: looked for on the first
             # pass and then every few seconds, not on every pass of a busy dispatcher.
             if time.monotonic() >= self._next_reclaim:
@@ -323,7 +304,6 @@ class Dispatcher:
                 # Still marked in flight: the attempt that claimed it last never recorded.
                 candidates.append((row, bool(state.get("inflight") or state.get("doubt"))))
             taken = await self._take(s, candidates, now)
-        self._carry = []  # committed with the claim
         return [(row, doubt) for row, doubt in candidates if row.id in taken]
 
     async def _take(
@@ -379,31 +359,39 @@ class Dispatcher:
 
     async def run_once(self, limit: int = 50) -> int:
         """One pass: claim due rows (one per target), build them in one transaction, send
-        them concurrently, and record their outcomes together once every call returned."""
-        sent, outcomes = await self._pass(limit)
-        if outcomes:
-            async with self.db.transaction(urgent=True) as s:
-                await self._record(s, outcomes, self.clock.now())
-        return sent
+        them concurrently, each recorded as soon as its call returned; the rows claimed.
 
-    async def _pass(self, limit: int) -> tuple[int, list[Outcome]]:
-        """Claim, build and send; the outcomes are left for the caller to record.
-
-        Until they are recorded, each row keeps the claim's in-flight marker, so after a
-        crash the next attempt knows that its next call may already have been made.
+        Until its outcome is recorded, each row keeps the claim's in-flight marker, so after
+        a crash the next attempt knows that its next call may already have been made.
         """
         now = self.clock.now()
         claimed = await self._claim(now, limit)
         if not claimed:
-            return 0, []
+            return 0
         rows = [row for row, _ in claimed]
         items = await self._items(rows)
         for row, doubt in claimed:
             items[row.id].in_doubt = doubt
-        results = await asyncio.gather(*(self._send(row, items[row.id]) for row in rows))
-        return len(rows), [
-            (row, items[row.id], result) for row, result in zip(rows, results, strict=True)
-        ]
+        await asyncio.gather(*(self._send_and_record(row, items[row.id]) for row in rows))
+        return len(rows)
+
+    async def _send_and_record(self, row: Outbox, item: OutboxItem) -> None:
+        """Send one row and record its outcome as soon as its call returned.
+
+        The record is what turns "sent, maybe" into "sent": until it commits, a crash leaves
+        the row in doubt (a lookup on Slack, a probe or a second copy on Telegram), so it is
+        not kept waiting for the slowest call of the pass. Rows of the pass that finish
+        while a record is being written are recorded together in the next one.
+        """
+        result = await self._send(row, item)
+        self._unrecorded.append((row, item, result))
+        await asyncio.sleep(0)  # calls that returned in the same loop turn join this record
+        async with self._recording:
+            if not self._unrecorded:
+                return  # recorded with another row's outcome while this one waited
+            batch, self._unrecorded = self._unrecorded, []
+            async with self.db.transaction(urgent=True) as s:
+                await self._record(s, batch, self.clock.now())
 
     async def _save_progress(self, row_id: int, done: dict[str, Any]) -> None:
         """Persist the calls a row has made so far (between two calls of one row)."""
