@@ -157,15 +157,22 @@ async def test_the_users_own_message_above_the_mark_is_skipped(make_tg: MakeTg) 
     assert tg.fake.messages[(ann.id, mine.message_id)].text == "hello? anyone there"
 
 
+async def _desk_post_after_crash(make_tg: MakeTg, text: str, *, landed: bool) -> Tg:
+    """Ann writes in her ticket; the process dies while her words go to the desk group (the
+    post reached Telegram or not); the next process delivers what is left."""
+    tg, ann, _bob = await _ticket(make_tg)
+    tg.fake.send_text(ann, text)
+    await tg.channel.poll_once()
+    await tg.channel.poll_once()
+    await _crash(tg, L2, landed=landed)
+    await _restart(tg)
+    return tg
+
+
 async def test_a_desk_post_that_never_left_is_sent_once(make_tg: MakeTg) -> None:
     """In a supergroup ids are the chat's own: a few "not found" above the mark say the
     killed call never reached Telegram, so the post is sent (no logged re-send)."""
-    tg, ann, _bob = await _ticket(make_tg)
-    tg.fake.send_text(ann, "it also shows error 0x43")
-    await tg.channel.poll_once()
-    await tg.channel.poll_once()
-    await _crash(tg, L2, landed=False)
-    await _restart(tg)
+    tg = await _desk_post_after_crash(make_tg, "it also shows error 0x43", landed=False)
     assert _posts(tg, "0x43") == 1
     # The probes (the card's own edits, with buttons, quote the words too).
     probes = [
@@ -180,12 +187,7 @@ async def test_a_desk_post_that_never_left_is_sent_once(make_tg: MakeTg) -> None
 
 
 async def test_a_desk_post_that_landed_is_found(make_tg: MakeTg) -> None:
-    tg, ann, _bob = await _ticket(make_tg)
-    tg.fake.send_text(ann, "it also shows error 0x44")
-    await tg.channel.poll_once()
-    await tg.channel.poll_once()
-    await _crash(tg, L2, landed=True)
-    await _restart(tg)
+    tg = await _desk_post_after_crash(make_tg, "it also shows error 0x44", landed=True)
     assert _posts(tg, "0x44") == 1
     assert f"{_count(tg, 'recovered')} 1.0" in tg.app.metrics.render().decode()
 
