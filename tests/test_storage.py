@@ -25,7 +25,6 @@ from bot.app import App
 from bot.clock import FakeClock
 from bot.domain import UserEvent
 from bot.outbox import Dispatcher, OutboxItem, SendResult
-from bot.storage import db as db_module
 from bot.storage.db import Database
 from bot.storage.models import Base, Conversation, Event, Outbox, Ticket
 from bot.storage.repo import claim_event, enqueue, log_event, next_value
@@ -343,9 +342,9 @@ async def test_a_writer_of_another_process_is_waited_for_without_blocking_the_lo
 
 @pytest.mark.sqlite  # about SQLite itself: runs on the PostgreSQL pass too
 async def test_waiting_for_another_process_gives_up_after_the_busy_timeout(
-    inline_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    inline_db: Database, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(db_module, "BUSY_TIMEOUT", 0.05)
+    inline_db.busy_timeout = 0.05  # read at every BEGIN
     other = sqlite3.connect(tmp_path / "firstline.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
