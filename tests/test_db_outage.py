@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from bot.storage.errors import DatabaseUnavailable, database_unavailable
 from bot.storage.models import Event, Outbox
 from config.settings import DatabaseSettings, EscalationSettings, Settings
 from handlers.memory import CHANNEL, MemoryChannel
-from tests.conftest import PG_URL, sqlite_url
+from tests.conftest import PG_URL, PgDatabases, sqlite_url
 from tests.fakes.db_outage import SqliteLock, short_busy_timeout
 from tests.fakes.tcp_proxy import FaultyProxy
 
@@ -135,40 +136,31 @@ async def test_the_outbox_pauses_during_the_outage_and_resumes_after(
 # ---------------------------------------------------------------------- PostgreSQL
 
 
-async def _pg_admin(*statements: str) -> None:
-    """Run ``statements`` on the test server's maintenance database."""
-    import asyncpg
-
-    base = make_url(PG_URL)
-    conn = await asyncpg.connect(
-        user=base.username or "postgres",
-        password=base.password,
-        host=base.host or "127.0.0.1",
-        port=base.port or 5432,
-        database=base.database or "postgres",
-    )
+@asynccontextmanager
+async def _behind_proxy(
+    pg_databases: PgDatabases | None, slot: str, clock: FakeClock
+) -> AsyncIterator[tuple[App, FaultyProxy]]:
+    """The app on this worker's PostgreSQL database ``slot``, reached through a TCP proxy
+    that can cut, refuse or stall its connections."""
+    assert pg_databases is not None
+    url = make_url(await pg_databases.clean(slot))
+    proxy = await FaultyProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    app = await App.create(_settings(proxied), clock)
     try:
-        for statement in statements:
-            await conn.execute(statement)
+        yield app, proxy
     finally:
-        await conn.close()
+        await app.close()
+        await proxy.close()
 
 
 @pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set")
 async def test_postgresql_connections_dropped_and_refused(
-    clock: FakeClock, request: pytest.FixtureRequest
+    clock: FakeClock, pg_databases: PgDatabases | None
 ) -> None:
-    worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
-    name = f"firstline_outage_{worker}"
-    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    await _pg_admin(drop, f'CREATE DATABASE "{name}"')
-    url = make_url(PG_URL).set(database=name)
-    proxy = await FaultyProxy(url.host or "127.0.0.1", url.port or 5432).start()
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    app = await App.create(_settings(proxied), clock)
-    mem = MemoryChannel(app)
-    assert mem.dispatcher is not None
-    try:
+    async with _behind_proxy(pg_databases, "outage", clock) as (app, proxy):
+        mem = MemoryChannel(app)
+        assert mem.dispatcher is not None
         await mem.say("ann", "hello")  # pooled connections exist now
         await app.handle_user(_ann("pg-1", "I forgot my password"))  # queued, not delivered
         proxy.set_mode("refuse")  # the server goes away: connections cut, new ones refused
@@ -191,30 +183,18 @@ async def test_postgresql_connections_dropped_and_refused(
         proxy.cut_all()
         res = await app.handle_user(_ann("pg-3", "printer jam"))
         assert not res.refused  # the pool noticed the dead connection and reconnected
-    finally:
-        await app.close()
-        await proxy.close()
-        await _pg_admin(drop)
 
 
 @pytest.mark.skipif(not PG_URL, reason="FIRSTLINE_TEST_PG_URL not set")
 async def test_a_silent_postgresql_connection_fails_the_unit_of_work_instead_of_hanging(
-    clock: FakeClock, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    clock: FakeClock, pg_databases: PgDatabases | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection that swallows requests without a reset (a dead NAT entry, a frozen
     server) must end in DatabaseUnavailable after the command timeout, not hang the event."""
     import bot.storage.db as db_module
 
     monkeypatch.setattr(db_module, "PG_COMMAND_TIMEOUT", 0.5)
-    worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
-    name = f"firstline_stall_{worker}"
-    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    await _pg_admin(drop, f'CREATE DATABASE "{name}"')
-    url = make_url(PG_URL).set(database=name)
-    proxy = await FaultyProxy(url.host or "127.0.0.1", url.port or 5432).start()
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    app = await App.create(_settings(proxied), clock)
-    try:
+    async with _behind_proxy(pg_databases, "stall", clock) as (app, proxy):
         await app.handle_user(_ann("st-1", "hello"))  # a pooled connection exists now
         proxy.set_mode("stall")
         with pytest.raises(DatabaseUnavailable):
@@ -222,7 +202,3 @@ async def test_a_silent_postgresql_connection_fails_the_unit_of_work_instead_of_
         proxy.set_mode("pass")
         res = await app.handle_user(_ann("st-2", "printer jam"))  # the platform re-delivers
         assert not res.duplicate and not res.refused
-    finally:
-        await app.close()
-        await proxy.close()
-        await _pg_admin(drop)
