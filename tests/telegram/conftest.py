@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
 from bot.app import App
@@ -148,6 +149,16 @@ class Tg:
 
 
 MakeTg = Callable[..., Awaitable[Tg]]
+
+
+async def serve_webhook(channel: TelegramChannel, port: int) -> web.AppRunner:
+    """The channel's webhook route on a local HTTP server at ``port`` (``cleanup()`` it)."""
+    web_app = web.Application()
+    channel.mount(web_app)
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
 
 
 def thread_of(msg: FakeMessage) -> int:

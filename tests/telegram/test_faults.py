@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from aiohttp import web
 from sqlalchemy import func, select
 
 from bot.app import App
@@ -24,7 +23,7 @@ from handlers.telegram_sender import RateLimits
 from tests.conftest import free_port
 from tests.fakes.db_outage import SqliteLock, short_busy_timeout
 from tests.fakes.telegram_api import FakeTelegramAPI
-from tests.telegram.conftest import L2, MakeTg, Tg, tg_settings
+from tests.telegram.conftest import L2, MakeTg, Tg, serve_webhook, tg_settings
 
 
 async def _rows(tg: Tg, status: str) -> list[Outbox]:
@@ -210,11 +209,7 @@ async def hooked(
         pytest.skip("the SQLite lock outage; PostgreSQL is covered in tests/test_db_outage.py")
     await short_busy_timeout(app.db)
     channel = TelegramChannel(app, limits=RateLimits.unlimited())
-    web_app = web.Application()
-    channel.mount(web_app)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner = await serve_webhook(channel, port)
     await channel.setup()
     try:
         yield channel, app

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 from sqlalchemy import select
 
 from bot.app import App
@@ -17,7 +16,7 @@ from handlers.telegram import WEBHOOK_PATH, TelegramChannel
 from handlers.telegram_sender import RateLimits
 from tests.conftest import free_port
 from tests.fakes.telegram_api import FakeTelegramAPI
-from tests.telegram.conftest import L2, tg_settings
+from tests.telegram.conftest import L2, serve_webhook, tg_settings
 
 Hooked = tuple[TelegramChannel, App]
 
@@ -36,11 +35,7 @@ async def hooked(
     )
     app = await App.create(settings, clock, migrate=False)
     channel = TelegramChannel(app, limits=RateLimits.unlimited(), album_window=0.1)
-    web_app = web.Application()
-    channel.mount(web_app)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner = await serve_webhook(channel, port)
     await channel.start()
     await fake.wait_for(lambda: fake.webhook, what="setWebhook")
     try:
