@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from bot.app import App
 from bot.content import load_content
+from bot.inbox import MAX_REPLAYS
 from bot.logs import setup_logging
 from bot.storage.db import Database
 from bot.storage.models import Ticket, TicketPause
@@ -713,10 +714,12 @@ async def status_report(db: Database, now: datetime) -> dict[str, Any]:
     """
     from sqlalchemy import func
 
+    from bot.inbox import inbox_stats
     from bot.outbox import outbox_stats
     from bot.storage.models import Outbox
 
     stats = await outbox_stats(db, now)
+    parked = await inbox_stats(db)
     async with db.read() as s:
         per_channel = (
             await s.execute(
@@ -771,6 +774,7 @@ async def status_report(db: Database, now: datetime) -> dict[str, Any]:
             "retrying_rows": retrying_info,
             "failed_rows": failed_info,
         },
+        "inbox": parked,
         "tickets": {st: int(n) for st, n in tickets},
     }
 
@@ -802,6 +806,12 @@ def status_lines(report: dict[str, Any]) -> list[str]:
                 f"  #{r['id']} {r['channel']} {r['target']} {r['kind']}: "
                 f"{r['attempts']} attempts — {r['error']}"
             )
+    parked = report["inbox"]
+    if parked["parked"] or parked["given_up"]:
+        lines.append(
+            f"inbox: {parked['parked']} acknowledged requests waiting for a replay, "
+            f"{parked['given_up']} given up after {MAX_REPLAYS} failed replays"
+        )
     tickets = report["tickets"]
     lines.append("tickets: " + (", ".join(f"{k}={v}" for k, v in tickets.items()) or "none"))
     return lines

@@ -430,11 +430,12 @@ class SlackChannel:
 
     async def replay_parked(self) -> int:
         """Run the parked requests whose work is not running here (a previous process was
-        killed after acknowledging them, or the work failed); the number replayed."""
+        killed after acknowledging them, or the work failed) and that are due (a failed
+        replay waits longer each time; see ``bot.inbox``); the number replayed."""
         done = 0
         token = _REPLAYING.set(True)
         try:
-            rows = await inbox.parked(self.app.db, CHANNEL)
+            rows = await inbox.parked(self.app.db, CHANNEL, now=self.app.clock.now())
         finally:
             _REPLAYING.reset(token)
         for row in rows:

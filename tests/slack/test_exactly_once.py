@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from bot import inbox
+from bot.cli import status_lines, status_report
+from bot.clock import FakeClock
 from bot.outbox import Dispatcher, OutboxItem, SendResult
 from bot.storage.models import Conversation, KbQuery, MessageLink, Outbox
 from handlers.slack import SlackChannel
@@ -401,3 +403,37 @@ async def test_after_a_crash_parked_messages_go_before_new_ones(slack: Slack) ->
     finally:
         await fresh.stop()
     assert await _queries(slack) == ["I forgot my password", "how do I set up the vpn"]
+
+
+async def test_a_request_that_always_fails_is_retried_with_growing_waits_then_given_up(
+    slack: Slack, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A parked request whose replay can never succeed (here: a body the handler cannot
+    read) is retried later each time and given up after MAX_REPLAYS: kept for the admin,
+    counted by ``firstline status``, and no longer in the way of the requests behind it."""
+    await inbox.park(slack.app.db, "slack", "EvPoison", "message", {"bad": 1}, clock.now())
+    channel = SlackChannel(slack.app)
+    assert await channel.replay_parked() == 0  # failed once ...
+    assert await channel.replay_parked() == 0
+    [row] = await inbox.parked(slack.app.db, "slack")
+    assert row.attempts == 1  # ... and not tried again before its wait is over
+    for n in range(2, inbox.MAX_REPLAYS + 1):
+        clock.advance(inbox.FIRST_RETRY * 2 ** (n - 1))
+        await channel.replay_parked()
+    assert await inbox.parked(slack.app.db, "slack") == []
+    assert await inbox.inbox_stats(slack.app.db) == {"parked": 0, "given_up": 1}
+    assert any("given up" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    # A request parked after it is replayed at once; the given-up one stays untouched.
+    await inbox.park(
+        slack.app.db,
+        "slack",
+        "EvLater",
+        "message",
+        {"event": dm_event(ANN, "second"), "user": ANN},
+        clock.now(),
+    )
+    assert await channel.replay_parked() == 1
+    assert await inbox.inbox_stats(slack.app.db) == {"parked": 0, "given_up": 1}
+    report = await status_report(slack.app.db, clock.now())
+    assert report["inbox"] == {"parked": 0, "given_up": 1}
+    assert any("1 given up" in line for line in status_lines(report))
