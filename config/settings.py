@@ -222,6 +222,24 @@ class DialogSettings(Section):
     csat: bool = True
 
 
+class PrivacySettings(Section):
+    """Personal data: ``retention`` (e.g. ``365d``) makes the running bot anonymise, once a
+    day, conversations and tickets that ended longer ago (what ``firstline retention`` does
+    by hand); unset, nothing is anonymised on a schedule."""
+
+    retention: timedelta | None = None
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> timedelta | None:
+        if v is None or v == "":
+            return None
+        period = parse_duration(v)
+        if period < timedelta(days=1):
+            raise ValueError("a retention period shorter than a day would erase live history")
+        return period
+
+
 class Settings(BaseSettings):
     """Everything configurable. Build it with :func:`load_settings`."""
 
@@ -242,6 +260,7 @@ class Settings(BaseSettings):
     escalation: EscalationSettings = EscalationSettings()
     dialog: DialogSettings = DialogSettings()
     digest: DigestSettings = DigestSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @classmethod
     def settings_customise_sources(

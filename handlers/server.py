@@ -172,6 +172,28 @@ def schedule_outbox_pruning(app: App, scheduler: AsyncIOScheduler) -> None:
                       coalesce=True, max_instances=1, next_run_time=datetime.now(UTC))
 
 
+def schedule_retention(app: App, scheduler: AsyncIOScheduler) -> None:
+    """Daily (first run at start), anonymise what ended before ``privacy.retention`` —
+    the running bot's form of ``firstline retention``. Nothing when the period is unset."""
+    period = app.settings.privacy.retention
+    if period is None:
+        return
+    from bot.privacy import apply_retention
+
+    async def run() -> None:
+        try:
+            counts = await apply_retention(app.db, app.clock, period)
+        except Exception:
+            log.exception("retention failed; the next run retries")
+            return
+        done = {k: v for k, v in counts.items() if v}
+        if done:
+            log.info("retention (%s): %s", period, ", ".join(f"{k}: {v}" for k, v in done.items()))
+
+    scheduler.add_job(run, "interval", days=1, id="privacy:retention", replace_existing=True,
+                      coalesce=True, max_instances=1, next_run_time=datetime.now(UTC))
+
+
 async def deliver_due(dispatcher: Dispatcher, seconds: float) -> int:
     """Outbox passes until nothing is due or ``seconds`` have passed; the rows sent.
 
@@ -229,6 +251,7 @@ async def serve(
         await run_digest(app, dispatcher.wake)  # a digest missed while we were down
     schedule_flood_flush(app, scheduler, dispatcher.wake)
     schedule_outbox_pruning(app, scheduler)
+    schedule_retention(app, scheduler)
     scheduler.start()
     await app.timers.sweep()  # whatever came due while we were down
     # Delivery outlives intake at shutdown, so it has a stop event of its own.
