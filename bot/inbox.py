@@ -19,7 +19,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 
 from bot.storage.db import Database
 from bot.storage.models import Inbox
@@ -106,14 +106,12 @@ async def replay_failed(db: Database, row_id: int) -> int:
 async def inbox_stats(db: Database) -> dict[str, int]:
     """How many requests are parked (still to be replayed) and how many were given up."""
     async with db.read() as s:
-        rows = (
+        total, given_up = (
             await s.execute(
-                select(Inbox.attempts >= MAX_REPLAYS, func.count()).group_by(
-                    Inbox.attempts >= MAX_REPLAYS
-                )
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(case((Inbox.attempts >= MAX_REPLAYS, 1), else_=0)), 0),
+                ).select_from(Inbox)
             )
-        ).all()
-    counts = {"parked": 0, "given_up": 0}
-    for gave_up, n in rows:
-        counts["given_up" if gave_up else "parked"] += int(n)
-    return counts
+        ).one()
+    return {"parked": int(total) - int(given_up), "given_up": int(given_up)}
