@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
@@ -40,6 +40,7 @@ from bot.storage.models import (
     TicketMessage,
     User,
 )
+from bot.storage.models import Counter as NamedValue
 
 ERASED = "[erased]"
 OPEN_STATUSES = ("new", "open", "in_progress", "waiting", "resolved")  # not yet final
@@ -130,9 +131,9 @@ def _erase_text(text: str | None) -> str | None:
     return ERASED if text else text
 
 
-def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
-    for i in range(0, len(ids), _CHUNK):
-        yield list(ids[i : i + _CHUNK])
+def _chunks(ids: Sequence[int], size: int = _CHUNK) -> Iterable[list[int]]:
+    for i in range(0, len(ids), size):
+        yield list(ids[i : i + size])
 
 
 async def _rows(s: AsyncSession, model: Any, column: Any, ids: Iterable[int]) -> list[Any]:
@@ -256,74 +257,87 @@ async def erase_user(s: AsyncSession, user: User, now: datetime) -> Counter[str]
     return counts
 
 
-async def apply_retention(db: Database, clock: Clock, older_than: timedelta) -> dict[str, int]:
+RETENTION_MARK = "retention_mark"  # counters row: the cut-off of the last completed run (µs)
+
+
+async def apply_retention(
+    db: Database, clock: Clock, older_than: timedelta, batch: int = _CHUNK
+) -> dict[str, int]:
     """Anonymise everything older than ``older_than``: conversations that ended (or were
     left) before the cut-off, closed or cancelled tickets, their events and sent messages;
     names of users silent since then; and drop processed event ids from before it.
 
-    Open tickets and live conversations are never touched. Safe to run again.
+    Open tickets and live conversations are never touched. Safe to run again, and cheap
+    to run daily: tickets already erased are skipped, and the scans by time only cover the
+    stretch since the previous run's cut-off (kept in ``counters``). The work is split into
+    units of ``batch`` tickets, conversations or rows, so no transaction runs long.
     """
-    now = clock.now()
-    cutoff = now - older_than
-    async with db.transaction() as s:
-        old_tickets = list(
-            (
-                await s.execute(
-                    select(Ticket.id, Ticket.conversation_id).where(
-                        Ticket.status.in_(FINAL_STATUSES), Ticket.closed_at < cutoff
-                    )
+    cutoff = clock.now() - older_than
+    counts: Counter[str] = Counter()
+    async with db.read() as s:
+        raw = await s.get(NamedValue, RETENTION_MARK)
+        mark = _from_micros(raw.value) if raw is not None else None
+        not_erased = or_(Ticket.subject.is_(None), Ticket.subject != ERASED)
+        old_tickets = (
+            await s.execute(
+                select(Ticket.id, Ticket.conversation_id).where(
+                    Ticket.status.in_(FINAL_STATUSES), Ticket.closed_at < cutoff, not_erased
                 )
-            ).all()
-        )
+            )
+        ).all()
         ticket_ids = {int(tid) for tid, _ in old_tickets}
+        # A conversation whose ticket is still alive stays readable for L2.
         live_ticket_convs = set(
             (
                 await s.execute(
-                    select(Ticket.conversation_id).where(Ticket.id.not_in(ticket_ids))
-                    if ticket_ids
-                    else select(Ticket.conversation_id)
-                )
-            ).scalars()
-        )
-        convs = (
-            await s.execute(
-                select(Conversation.id).where(
-                    or_(
-                        Conversation.ended_at < cutoff,
-                        (Conversation.ended_at.is_(None)) & (Conversation.updated_at < cutoff),
+                    select(Ticket.conversation_id).where(
+                        not_erased,
+                        or_(
+                            Ticket.status.not_in(FINAL_STATUSES),
+                            Ticket.closed_at.is_(None),
+                            Ticket.closed_at >= cutoff,
+                        ),
                     )
                 )
-            )
-        ).scalars()
-        # A conversation whose ticket is still alive stays readable for L2.
-        conv_ids = {int(c) for c in convs if c not in live_ticket_convs}
-        counts = await erase_records(s, conv_ids, ticket_ids)
-        # Events from before the cut-off that belong to nothing still alive.
-        live_convs = set(
-            (
-                await s.execute(select(Conversation.id).where(Conversation.id.not_in(conv_ids)))
             ).scalars()
         )
-        rows = await s.execute(select(Event).where(Event.at < cutoff))
-        for e in rows.scalars():
-            if e.ticket_id is not None and e.ticket_id not in ticket_ids:
-                continue
-            if e.conversation_id is not None and e.conversation_id in live_convs:
-                continue
-            clean = scrub(e.data or {})
-            if clean != e.data:
-                e.data = clean
-                counts["events"] += 1
-        outbox = await s.execute(
-            select(Outbox).where(
-                Outbox.created_at < cutoff, Outbox.status.not_in(("pending", "sending"))
-            )
+        ended = or_(
+            Conversation.ended_at < cutoff,
+            (Conversation.ended_at.is_(None)) & (Conversation.updated_at < cutoff),
         )
-        for row in outbox.scalars():
-            clean = scrub(row.payload or {})
-            if clean != row.payload:
-                row.payload = clean
-                counts["outbox"] += 1
+        since_mark = (
+            or_(
+                Conversation.ended_at >= mark,
+                (Conversation.ended_at.is_(None)) & (Conversation.updated_at >= mark),
+            )
+            if mark is not None
+            else None
+        )
+        # Conversations that ended since the last run, and older ones held back then
+        # because their ticket was alive (it is being erased now).
+        held_back = {int(c) for _, c in old_tickets if c is not None}
+        window = select(Conversation.id).where(ended)
+        if since_mark is not None:
+            window = window.where(or_(since_mark, Conversation.id.in_(held_back)))
+        candidates = {int(c) for c in (await s.execute(window)).scalars()}
+        conv_ids = sorted(candidates - live_ticket_convs)
+    for chunk in _chunks(sorted(ticket_ids), batch):
+        async with db.transaction() as s:
+            counts += await erase_records(s, [], chunk)
+    for chunk in _chunks(conv_ids, batch):
+        async with db.transaction() as s:
+            counts += await erase_records(s, chunk, [])
+    # Events that belong to no conversation and no ticket (those that do were scrubbed
+    # with them above, or wait for theirs to end), and delivered messages, since the mark.
+    counts["events"] += await _scrub_window(
+        db, Event, Event.data, Event.at, mark, cutoff, batch,
+        Event.ticket_id.is_(None), Event.conversation_id.is_(None),
+    )
+    counts["outbox"] += await _scrub_window(
+        db, Outbox, Outbox.payload, Outbox.created_at, mark, cutoff, batch,
+        Outbox.status.not_in(("pending", "sending")),
+    )
+    async with db.transaction() as s:
         counts["users"] += await _retire_silent_users(s, cutoff)
         res = await s.execute(delete(ProcessedEvent).where(ProcessedEvent.processed_at < cutoff))
         counts["processed_events"] = int(getattr(res, "rowcount", 0) or 0)
@@ -332,7 +346,52 @@ async def apply_retention(db: Database, clock: Clock, older_than: timedelta) -> 
         res = await s.execute(delete(Inbox).where(Inbox.created_at < cutoff))
         if stale := int(getattr(res, "rowcount", 0) or 0):
             counts["inbox"] = stale
-    return dict(counts)
+        if mark is None or cutoff > mark:
+            await s.merge(NamedValue(name=RETENTION_MARK, value=_micros(cutoff)))
+    return {k: counts[k] for k in _ALWAYS_SHOWN} | {k: v for k, v in counts.items() if v}
+
+
+_ALWAYS_SHOWN = ("conversations", "tickets", "users", "processed_events")
+
+
+def _micros(at: datetime) -> int:
+    return int(at.astimezone(UTC).timestamp() * 1_000_000)
+
+
+def _from_micros(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+async def _scrub_window(
+    db: Database,
+    model: Any,
+    field: Any,
+    at: Any,
+    since: datetime | None,
+    until: datetime,
+    batch: int,
+    *where: Any,
+) -> int:
+    """Scrub the JSON ``field`` of ``model`` rows with ``since <= at < until``, ``batch``
+    rows per unit of work (walking the ids upwards); the number of rows changed."""
+    name = field.key
+    changed = 0
+    last = 0
+    while True:
+        stmt = select(model).where(at < until, model.id > last, *where)
+        if since is not None:
+            stmt = stmt.where(at >= since)
+        async with db.transaction() as s:
+            rows = list((await s.execute(stmt.order_by(model.id).limit(batch))).scalars())
+            for row in rows:
+                value = getattr(row, name) or {}
+                clean = scrub(value)
+                if clean != value:
+                    setattr(row, name, clean)
+                    changed += 1
+        if len(rows) < batch:
+            return changed
+        last = rows[-1].id
 
 
 async def _retire_silent_users(s: AsyncSession, cutoff: datetime) -> int:
@@ -347,6 +406,12 @@ async def _retire_silent_users(s: AsyncSession, cutoff: datetime) -> int:
         select(User)
         .outerjoin(last_seen, last_seen.c.user_id == User.id)
         .where(
+            # Not erased yet: a daily run does not walk every retired user again.
+            or_(
+                func.coalesce(User.display_name, "") != "",
+                User.username.is_not(None),
+                User.timezone.is_not(None),
+            ),
             User.updated_at < cutoff,
             or_(last_seen.c.seen.is_(None), last_seen.c.seen < cutoff),
             User.id.not_in(busy),

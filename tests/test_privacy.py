@@ -191,3 +191,33 @@ async def test_retention_anonymises_old_finished_work_only(app: App, clock: Fake
     # Running it again changes nothing more.
     again = await apply_retention(app.db, clock, timedelta(days=30))
     assert again.get("kb_queries", 0) == 0 and again.get("users", 0) == 0
+
+
+async def test_daily_retention_runs_catch_up_on_work_held_back_by_a_live_ticket(
+    app: App, clock: FakeClock
+) -> None:
+    """Run by run (as the bot does daily), each run only walks what ended since the last
+    cut-off, yet a conversation held back because its ticket was still open is erased once
+    that ticket is closed and old enough; units of one row give the same result."""
+    mem = MarkedChannel(app)
+    ann = await _session(mem, "ann", clock)  # ticket claimed, still open
+    await mem.say("bob", f"vpn problem {MARK['bob']}idle")
+    clock.advance(timedelta(days=40))
+
+    first = await apply_retention(app.db, clock, timedelta(days=30), batch=1)
+
+    assert first["conversations"] >= 1 and first["tickets"] == 0
+    assert await _scan(app, MARK["bob"]) == []
+    assert await _scan(app, MARK["ann"])  # her ticket is open: L2 still reads it
+    again = await apply_retention(app.db, clock, timedelta(days=30), batch=1)
+    assert again["conversations"] == 0 and again["tickets"] == 0 and again["users"] == 0
+
+    await mem.agent("agent1", "resolve", f"FL-{ann.number}", text=f"fixed {MARK['ann']}fix")
+    clock.advance(timedelta(days=4))
+    assert await app.desk.close_stale(clock.now()) == 1
+    clock.advance(timedelta(days=31))
+
+    later = await apply_retention(app.db, clock, timedelta(days=30), batch=1)
+
+    assert later["tickets"] == 1 and later["conversations"] >= 1
+    assert await _scan(app, MARK["ann"]) == []
