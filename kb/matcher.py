@@ -1,7 +1,6 @@
 """The KB matcher: which article answers a question, and how sure we are.
 
-Three signals, all built from the articles' own phrasings at index build (no model
-download):
+Four signals, built from the articles' own phrasings at index build (no model download):
 
 1. **A linear classifier** (multinomial logistic regression) over TF-IDF of stemmed
    content words (single, and in unordered pairs up to five words apart), character
@@ -14,6 +13,11 @@ download):
    by TF-IDF cosine over the word features.
 3. **rapidfuzz** re-ranks those candidates on the normalised text: typos, word order and
    short texts.
+4. **Word meaning** (English only, ``vectors`` on): the bundled static word vectors
+   (:mod:`kb.vectors`) give every English phrasing and query a meaning vector.  It is a
+   dense block of the classifier's features, and the classifier's best eight articles get
+   a logit bonus for the cosine of their nearest phrasing: "refused" finds "declined".
+   Queries scored so have thresholds of their own (``vector_*``).
 
 Per article: ``score = w_model * probability + (1 - w_model) * best phrasing similarity``.
 The similarity part is absolute (how close is the nearest phrasing at all), the
