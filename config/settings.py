@@ -109,6 +109,9 @@ class KbSettings(Section):
     answer_threshold: float | None = Field(default=None, ge=0, le=1)
     suggest_threshold: float | None = Field(default=None, ge=0, le=1)
     answer_margin: float | None = Field(default=None, ge=0, le=1)
+    # The bundled English word vectors (kb/vectors); false = the bag-of-words matcher
+    # alone, with its own calibrated thresholds.
+    vectors: bool = True
     reload_interval_seconds: float = Field(default=5.0, ge=0)
 
     def folder(self) -> Path:

@@ -150,8 +150,10 @@ class KnowledgeBase:
         ranked = m.rank(scores, exclude)
         top = ranked[: self.settings.max_results]
         results = tuple(ScoredArticle(m.articles[i], round(s, 4)) for i, s in top)
-        category, cat_score = self._category(toks, results, lang)
-        return MatchResult(query, m.decide(ranked), results, category, cat_score)
+        vectors = m.uses_vectors(query, lang)
+        category, cat_score = self._category(toks, results, lang, vectors)
+        decision = m.decide(ranked, vectors)
+        return MatchResult(query, decision, results, category, cat_score)
 
     def detect_category(self, query: str, lang: str | None = None) -> tuple[str | None, float]:
         """The support category of free text (for the checklist) and a 0..1 confidence."""
@@ -181,12 +183,15 @@ class KnowledgeBase:
         return out
 
     def _category(
-        self, toks: list[str], results: tuple[ScoredArticle, ...], lang: str | None
+        self, toks: list[str], results: tuple[ScoredArticle, ...], lang: str | None,
+        vectors: bool = False,
     ) -> tuple[str | None, float]:
+        st = self.settings
+        shown = st.vector_suggest_threshold if vectors else st.suggest_threshold
         scores: dict[str, float] = {}
         # Evidence 1: the categories of articles that match well enough to be shown.
         for r in results:
-            if r.score < self.settings.suggest_threshold:
+            if r.score < shown:
                 continue
             cat = r.article.category
             scores[cat] = 1 - (1 - scores.get(cat, 0.0)) * (1 - r.score)

@@ -1,0 +1,109 @@
+"""The bundled English word vectors: the table ships, loads, and finds paraphrases."""
+
+from dataclasses import replace
+from importlib.resources import files
+
+import numpy as np
+import pytest
+
+import kb.matcher
+from kb.articles import Article
+from kb.matcher import Matcher, MatchSettings
+from kb.vectors import TABLE, WordVectors, bundled
+
+
+def article(id_: str, questions: list[str], lang: str = "en") -> Article:
+    return Article(
+        id=id_, title=id_.replace("-", " "), category="general", lang=lang,
+        questions=tuple(questions), body="Answer.", tags=(), links=(),
+        path=f"<memory>/{id_}.md", line=1,
+    )
+
+
+ARTICLES = [
+    article("card-declined", ["why was my card declined", "my card payment was declined",
+                              "payment declined at the shop"]),
+    article("reset-password", ["how do I reset my password", "I forgot my password",
+                               "change my login password"]),
+    article("vpn", ["I can't connect to the vpn", "vpn connection fails",
+                    "vpn keeps disconnecting"]),
+    article("delivery", ["where is my parcel", "my order has not arrived", "track my package"]),
+    article("close-account", ["how do I close my account", "delete my account",
+                              "cancel my account"]),
+]
+
+# No word (nor stem) of these questions is in the right article's phrasings or title.
+PARAPHRASES = {
+    "the merchant refused the transaction": "card-declined",
+    "the store rejected it": "card-declined",
+    "terminate this profile": "close-account",
+    "the network tunnel drops": "vpn",
+}
+
+
+def test_the_table_is_package_data_of_kb_vectors() -> None:
+    resource = files("kb.vectors").joinpath("en_minilm.npz")
+    assert resource.is_file()
+    assert TABLE.stat().st_size < 8 * 2**20
+    wv = bundled()
+    assert wv is not None and wv.dims == 256
+
+
+def test_related_words_are_closer_than_unrelated_ones() -> None:
+    wv = bundled()
+    assert wv is not None
+    refused = wv.embed(["refused"])
+    assert abs(float(refused @ refused) - 1.0) < 1e-5
+    assert float(refused @ wv.embed(["declined"])) > float(refused @ wv.embed(["password"])) + 0.2
+
+
+def test_wordpiece_split_and_words_it_cannot_spell() -> None:
+    wv = WordVectors(["de", "##act", "##ivate", "card"], np.eye(4, dtype=np.int8))
+    assert wv.pieces("card") == [3]
+    assert wv.pieces("deactivate") == [0, 1, 2]
+    assert wv.pieces("пароль") == []
+    assert not wv.embed(["пароль"]).any()
+    rows = wv.embed_many([["card"], ["deactivate", "card"], []])
+    assert np.allclose(rows[0], [0, 0, 0, 1])
+    assert np.allclose(rows[1], np.array([1, 1, 1, 1]) / 2)
+    assert not rows[2].any()
+
+
+@pytest.mark.parametrize(("query", "expected"), sorted(PARAPHRASES.items()))
+def test_a_paraphrase_with_no_shared_words_is_found_only_with_vectors(
+    query: str, expected: str
+) -> None:
+    with_vectors = Matcher(ARTICLES).match(query)
+    without = Matcher(ARTICLES, replace(MatchSettings(), vectors=False)).match(query)
+    assert with_vectors.results[0].article.id == expected
+    assert without.results[0].article.id != expected
+
+
+def test_vectors_off_is_the_matcher_without_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    off = Matcher(ARTICLES, replace(MatchSettings(), vectors=False))
+    assert off.word_vectors is None
+    monkeypatch.setattr(kb.matcher, "bundled", lambda: None)  # a package without the file
+    missing = Matcher(ARTICLES)
+    assert missing.word_vectors is None
+    for q in [*PARAPHRASES, "why was my card declined", "reset password"]:
+        assert np.array_equal(off.score(q)[1], missing.score(q)[1])
+        assert off.match(q) == missing.match(q)
+
+
+def test_a_russian_kb_and_russian_queries_do_not_use_the_vectors() -> None:
+    ru = [article("pw", ["не помню пароль", "сбросить пароль"], "ru"),
+          article("vpn", ["не работает впн", "впн отключается"], "ru")]
+    assert Matcher(ru).word_vectors is None
+    mixed = Matcher([*ARTICLES, *ru])
+    assert mixed.word_vectors is not None
+    assert not mixed.uses_vectors("не помню пароль")
+    assert mixed.uses_vectors("forgot my password")
+
+
+def test_vector_scored_queries_take_the_vector_thresholds() -> None:
+    st = MatchSettings()
+    m = Matcher(ARTICLES)
+    score = (st.suggest_threshold + st.vector_suggest_threshold) / 2
+    ranked = [(0, score), (1, 0.0)]
+    assert m.decide(ranked, vectors=False) != "none"
+    assert m.decide(ranked, vectors=True) == "none"
