@@ -52,22 +52,21 @@ def freeze_startup_heap() -> None:
 
 
 def match_settings(settings: Settings) -> MatchSettings:
-    """The matcher's thresholds with the admin's overrides applied."""
-    base = MatchSettings()
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "answer_threshold": settings.kb.answer_threshold,
-            "suggest_threshold": settings.kb.suggest_threshold,
-            "answer_margin": settings.kb.answer_margin,
-        }.items()
-        if v is not None
-    }
-    if not overrides:
-        return base
+    """The matcher's settings with the admin's choices applied: ``kb.vectors``, and
+    threshold overrides, which hold for every query (with or without the word vectors;
+    unset, each mode keeps its own calibrated default)."""
     from dataclasses import replace
 
-    return replace(base, **overrides)
+    kb = settings.kb
+    overrides: dict[str, Any] = {"vectors": kb.vectors}
+    for name, value in (
+        ("answer_threshold", kb.answer_threshold),
+        ("suggest_threshold", kb.suggest_threshold),
+        ("answer_margin", kb.answer_margin),
+    ):
+        if value is not None:
+            overrides[name] = overrides["vector_" + name] = value
+    return replace(MatchSettings(), **overrides)
 
 
 def build_kb(settings: Settings, content: Content) -> KnowledgeBase:

@@ -39,7 +39,7 @@ class WordVectors:
         self.scales = (np.ones(len(vectors), dtype=np.float32) if scales is None
                        else np.asarray(scales, dtype=np.float32))
         self.dims = int(vectors.shape[1])
-        self._cache: dict[str, tuple[FloatArray, int] | None] = {}
+        self._pieces: dict[str, tuple[int, ...]] = {}
 
     @classmethod
     def load(cls, path: Path = TABLE) -> WordVectors:
@@ -72,18 +72,18 @@ class WordVectors:
         return out
 
     def word(self, word: str) -> tuple[FloatArray, int] | None:
-        """The sum of the word's token vectors and the number of tokens (cached)."""
-        hit = self._cache.get(word, False)
-        if hit is not False:
-            return hit  # type: ignore[return-value]
-        ids = self.pieces(word)
-        res = None
-        if ids:
-            rows = self.vectors[ids].astype(np.float32) * self.scales[ids][:, None]
-            res = (rows.sum(axis=0), len(ids))
-        if len(self._cache) < _CACHE_SIZE:
-            self._cache[word] = res
-        return res
+        """The sum of the word's token vectors and the number of tokens."""
+        ids = self._pieces.get(word)
+        if ids is None:
+            ids = tuple(self.pieces(word))
+            # Bounded: a bot reads endless new words (typos, ids); only the split is kept,
+            # a few dozen bytes, not the 1 KB vector.
+            if len(self._pieces) < _CACHE_SIZE:
+                self._pieces[word] = ids
+        if not ids:
+            return None
+        rows = self.vectors[list(ids)].astype(np.float32) * self.scales[list(ids)][:, None]
+        return rows.sum(axis=0), len(ids)
 
     def embed(self, words: Iterable[str]) -> FloatArray:
         """The unit-length mean of the words' token vectors (zeros if none is known)."""
@@ -96,7 +96,6 @@ class WordVectors:
                 n += hit[1]
         norm = float(np.sqrt(total @ total))
         return total / norm if n and norm > 0 else total
-
 
     def embed_many(self, texts: Sequence[Sequence[str]]) -> FloatArray:
         """:meth:`embed` of many word lists at once: one row per list (a sparse product
@@ -128,7 +127,7 @@ class WordVectors:
         return out
 
 
-_CACHE_SIZE = 200_000
+_CACHE_SIZE = 100_000  # words whose WordPiece split is remembered
 
 
 @lru_cache(maxsize=1)

@@ -107,3 +107,17 @@ def test_vector_scored_queries_take_the_vector_thresholds() -> None:
     ranked = [(0, score), (1, 0.0)]
     assert m.decide(ranked, vectors=False) != "none"
     assert m.decide(ranked, vectors=True) == "none"
+
+
+def test_the_config_switches_the_vectors_and_overrides_every_modes_thresholds() -> None:
+    from bot.app import match_settings
+    from config.settings import KbSettings, Settings
+
+    default = match_settings(Settings())
+    assert default.vectors and default.vector_answer_threshold != default.answer_threshold
+    off = match_settings(Settings(kb=KbSettings(vectors=False)))
+    assert not off.vectors
+    tuned = match_settings(Settings(kb=KbSettings(answer_threshold=0.9, answer_margin=0.3)))
+    assert tuned.answer_threshold == tuned.vector_answer_threshold == 0.9
+    assert tuned.answer_margin == tuned.vector_answer_margin == 0.3
+    assert tuned.suggest_threshold == default.suggest_threshold  # not overridden
