@@ -139,7 +139,7 @@ class KnowledgeBase:
         questions moves scores up or down before the decision.
         """
         m = self._matcher
-        toks, scores = m.score(query, lang)
+        toks, scores, closeness = m.score_details(query, lang)
         if len(self.feedback) and toks:
             key = " ".join(toks)
             for art_id in self.feedback.articles():
@@ -152,7 +152,8 @@ class KnowledgeBase:
         results = tuple(ScoredArticle(m.articles[i], round(s, 4)) for i, s in top)
         vectors = m.uses_vectors(query, lang)
         category, cat_score = self._category(toks, results, lang, vectors)
-        decision = m.decide(ranked, vectors)
+        decision = m.decide(ranked, vectors,
+                            float(closeness[ranked[0][0]]) if ranked else 0.0)
         return MatchResult(query, decision, results, category, cat_score)
 
     def detect_category(self, query: str, lang: str | None = None) -> tuple[str | None, float]:
