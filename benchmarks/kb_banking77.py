@@ -196,10 +196,10 @@ def _calibration_features(
         for text, gold in dev:
             # The matcher's own steps (what KnowledgeBase.search does without feedback),
             # to see the closeness that the "none" decision adds to the best score.
-            _, scores, closeness = m.score_details(text, "en")
-            ranked = m.rank(scores)
+            _, scores, closeness, runner_up = m.score_details(text, "en")
+            ranked = m.rank(scores, (), runner_up)
             s1 = ranked[0][1] if ranked else 0.0
-            s2 = ranked[1][1] if len(ranked) > 1 else 0.0
+            s2 = max((sc for _, sc in ranked[1:]), default=0.0)
             w = settings.vector_closeness_weight if m.uses_vectors(text, "en") else 0.0
             near = float(closeness[ranked[0][0]]) if ranked else 0.0
             right = bool(ranked) and m.articles[ranked[0][0]].id == gold

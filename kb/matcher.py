@@ -68,6 +68,10 @@ class MatchSettings:
     answer_margin: float = 0.46  # best minus second needed to answer
     max_results: int = 3
     model_weight: float = 0.6  # share of the classifier probability in the score
+    # The best article is the one with the best score; the places after it go by a mix
+    # with this share of the probability (the classifier knows the runners-up better than
+    # the nearest phrasing does: top-3 +0.004 on held-out Banking77 train, 6 seeds).
+    runner_up_model_weight: float = 0.8
     regularization: float = 20.0  # inverse L2 strength of the classifier
     max_iterations: int = 15  # L-BFGS iterations at index build
     # The classifier learns from at most this many phrasings per article (spread evenly
@@ -651,15 +655,16 @@ class Matcher:
 
     def score(self, query: str, lang: str | None = None) -> tuple[list[str], FloatArray]:
         """Normalised tokens and a 0..1 score per article (before feedback)."""
-        toks, scores, _ = self.score_details(query, lang)
+        toks, scores, _, _ = self.score_details(query, lang)
         return toks, scores
 
     def score_details(
         self, query: str, lang: str | None = None
-    ) -> tuple[list[str], FloatArray, FloatArray]:
-        """:meth:`score` and, per article, the cosine of its nearest English phrasing to
-        the query's meaning vector (0 where not computed: no vectors, or not among the
-        classifier's best eight), for :meth:`decide`."""
+    ) -> tuple[list[str], FloatArray, FloatArray, FloatArray]:
+        """:meth:`score`; per article the cosine of its nearest English phrasing to the
+        query's meaning vector (0 where not computed: no vectors, or not among the
+        classifier's best eight), for :meth:`decide`; and the runner-up order
+        (``runner_up_model_weight``), for :meth:`rank`."""
         n = len(self.articles)
         closeness = np.zeros(n, dtype=np.float32)
         fixed = fix_layout(query, self.vocabulary, self._layout_cache)
@@ -669,10 +674,10 @@ class Matcher:
         analysed = analyse(self._substitute(fixed) if vectors else fixed)
         toks = [s for s, c in zip(*analysed, strict=True) if c]
         if not toks or not n:
-            return toks, np.zeros(n), closeness
+            return toks, np.zeros(n), closeness, np.zeros(n)
         idx, val = self.vectorizer.transform(analysed)
         if not len(idx):
-            return toks, np.zeros(n), closeness
+            return toks, np.zeros(n), closeness, np.zeros(n)
         allowed = self._lang_mask.get(lang or "", self._all_langs)
         z = val @ self.w[self.w_row[idx]] + self.b
         if vectors and self.word_vectors is not None:
@@ -689,8 +694,9 @@ class Matcher:
         prob = np.exp(z - z.max())
         prob /= prob.sum()
         sim = self._similarity(" ".join(sorted(toks)), idx, val, prob)
-        s = self.settings.model_weight
-        return toks, np.where(allowed, s * prob + (1 - s) * sim, 0.0), closeness
+        s, r = self.settings.model_weight, self.settings.runner_up_model_weight
+        return (toks, np.where(allowed, s * prob + (1 - s) * sim, 0.0), closeness,
+                np.where(allowed, r * prob + (1 - r) * sim, 0.0))
 
     def _similarity(
         self, text: str, idx: IntArray, val: FloatArray, prob: FloatArray
@@ -764,29 +770,40 @@ class Matcher:
         w = st.vector_closeness_weight if vectors else 0.0
         if not ranked or (ranked[0][1] + w * closeness) / (1 + w) < suggest:
             return "none"
-        second = ranked[1][1] if len(ranked) > 1 else 0.0
+        # The next-best score, wherever the runner-up order put it.
+        second = max((sc for _, sc in ranked[1:]), default=0.0)
         if ranked[0][1] >= answer and ranked[0][1] - second >= margin:
             return "answer"
         return "suggest"
 
     def rank(
-        self, scores: FloatArray, exclude: Collection[str] = ()
+        self, scores: FloatArray, exclude: Collection[str] = (),
+        runner_up: FloatArray | None = None,
     ) -> list[tuple[int, float]]:
-        """Article indices with scores, best first, excluded ids dropped."""
-        order = np.argsort(-scores, kind="stable")
-        out: list[tuple[int, float]] = []
-        for i in order[: self.settings.max_results + len(exclude) + 1]:
-            if self.articles[int(i)].id in exclude or scores[i] <= 0:
-                continue
-            out.append((int(i), float(scores[i])))
-        return out
+        """Article indices with scores, excluded ids dropped: the best score first, then
+        the others in the ``runner_up`` order (:meth:`score_details`; by score if None),
+        then the next-best by score if that order left it out (for the answer margin)."""
+        n = self.settings.max_results + len(exclude) + 1
+
+        def ok(i: int) -> bool:
+            return scores[i] > 0 and self.articles[i].id not in exclude
+
+        by_score = [int(i) for i in np.argsort(-scores, kind="stable")[:n] if ok(int(i))]
+        if runner_up is None or not by_score:
+            return [(i, float(scores[i])) for i in by_score]
+        best = by_score[0]
+        order = [best] + [int(i) for i in np.argsort(-runner_up, kind="stable")[: n + 1]
+                          if int(i) != best and ok(int(i))][: n - 1]
+        if len(by_score) > 1 and by_score[1] not in order:
+            order.append(by_score[1])
+        return [(i, float(scores[i])) for i in order]
 
     def match(
         self, query: str, lang: str | None = None, exclude: Collection[str] = ()
     ) -> MatchResult:
         """Score, rank and decide (no feedback; see :class:`kb.service.KnowledgeBase`)."""
-        _, scores, closeness = self.score_details(query, lang)
-        ranked = self.rank(scores, exclude)
+        _, scores, closeness, runner_up = self.score_details(query, lang)
+        ranked = self.rank(scores, exclude, runner_up)
         return MatchResult(
             query=query,
             decision=self.decide(ranked, self.uses_vectors(query, lang),

@@ -139,15 +139,17 @@ class KnowledgeBase:
         questions moves scores up or down before the decision.
         """
         m = self._matcher
-        toks, scores, closeness = m.score_details(query, lang)
+        toks, scores, closeness, runner_up = m.score_details(query, lang)
         if len(self.feedback) and toks:
             key = " ".join(toks)
             for art_id in self.feedback.articles():
                 i = m.index_of.get(art_id)
                 if i is not None and scores[i] > 0:
-                    scores[i] = float(np.clip(scores[i] + self.feedback.adjustment(art_id, key),
-                                              1e-6, 1.0))
-        ranked = m.rank(scores, exclude)
+                    delta = self.feedback.adjustment(art_id, key)
+                    scores[i] = float(np.clip(scores[i] + delta, 1e-6, 1.0))
+                    # The runners-up move with their feedback too.
+                    runner_up[i] = float(np.clip(runner_up[i] + delta, 1e-6, 1.0))
+        ranked = m.rank(scores, exclude, runner_up)
         top = ranked[: self.settings.max_results]
         results = tuple(ScoredArticle(m.articles[i], round(s, 4)) for i, s in top)
         vectors = m.uses_vectors(query, lang)
