@@ -572,16 +572,10 @@ class Matcher:
         # The articles' English content words with a vector: the stand-ins for query words
         # the articles do not use.
         vocab = sorted({w for t in texts for w in t if w not in STOP_WORDS})
-        kept: list[str] = []
-        vecs: list[FloatArray] = []
-        for w in vocab:
-            v = self.word_vectors.embed([w])
-            if v.any():
-                kept.append(w)
-                vecs.append(v)
-        self._kb_words = kept
-        self._kb_word_vectors = (np.stack(vecs) if vecs
-                                 else np.zeros((0, self.word_vectors.dims), dtype=np.float32))
+        vecs = self.word_vectors.embed_many([[w] for w in vocab])
+        has: npt.NDArray[np.bool_] = vecs.any(axis=1)
+        self._kb_words = [w for w, h in zip(vocab, has, strict=True) if h]
+        self._kb_word_vectors = np.ascontiguousarray(vecs[has])
         # Per article its distinct English phrasings: copies of a phrasing (the 100k
         # benchmark, one wording in two articles) cost one cosine, not one per row.
         self._rows_by_article = [np.zeros(0, dtype=np.int64)] * n_classes
@@ -792,8 +786,9 @@ class Matcher:
         if runner_up is None or not by_score:
             return [(i, float(scores[i])) for i in by_score]
         best = by_score[0]
-        order = [best] + [int(i) for i in np.argsort(-runner_up, kind="stable")[: n + 1]
-                          if int(i) != best and ok(int(i))][: n - 1]
+        rest = [int(i) for i in np.argsort(-runner_up, kind="stable")[: n + 1]
+                if int(i) != best and ok(int(i))]
+        order = [best, *rest[: n - 1]]
         if len(by_score) > 1 and by_score[1] not in order:
             order.append(by_score[1])
         return [(i, float(scores[i])) for i in order]
