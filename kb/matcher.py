@@ -573,7 +573,7 @@ class Matcher:
         # the articles do not use.
         vocab = sorted({w for t in texts for w in t if w not in STOP_WORDS})
         vecs = self.word_vectors.embed_many([[w] for w in vocab])
-        has: npt.NDArray[np.bool_] = vecs.any(axis=1)
+        has = np.asarray(vecs.any(axis=1), dtype=np.bool_)
         self._kb_words = [w for w, h in zip(vocab, has, strict=True) if h]
         self._kb_word_vectors = np.ascontiguousarray(vecs[has])
         # Per article its distinct English phrasings: copies of a phrasing (the 100k
