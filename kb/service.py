@@ -139,20 +139,23 @@ class KnowledgeBase:
         questions moves scores up or down before the decision.
         """
         m = self._matcher
-        toks, scores = m.score(query, lang)
+        toks, scores, closeness, runner_up = m.score_details(query, lang)
         if len(self.feedback) and toks:
             key = " ".join(toks)
             for art_id in self.feedback.articles():
                 i = m.index_of.get(art_id)
                 if i is not None and scores[i] > 0:
-                    scores[i] = float(np.clip(scores[i] + self.feedback.adjustment(art_id, key),
-                                              1e-6, 1.0))
-        ranked = m.rank(scores, exclude)
+                    delta = self.feedback.adjustment(art_id, key)
+                    scores[i] = float(np.clip(scores[i] + delta, 1e-6, 1.0))
+                    # The runners-up move with their feedback too.
+                    runner_up[i] = float(np.clip(runner_up[i] + delta, 1e-6, 1.0))
+        ranked = m.rank(scores, exclude, runner_up)
         top = ranked[: self.settings.max_results]
         results = tuple(ScoredArticle(m.articles[i], round(s, 4)) for i, s in top)
         vectors = m.uses_vectors(query, lang)
         category, cat_score = self._category(toks, results, lang, vectors)
-        decision = m.decide(ranked, vectors)
+        decision = m.decide(ranked, vectors,
+                            float(closeness[ranked[0][0]]) if ranked else 0.0)
         return MatchResult(query, decision, results, category, cat_score)
 
     def detect_category(self, query: str, lang: str | None = None) -> tuple[str | None, float]:

@@ -121,3 +121,57 @@ def test_the_config_switches_the_vectors_and_overrides_every_modes_thresholds() 
     assert tuned.answer_threshold == tuned.vector_answer_threshold == 0.9
     assert tuned.answer_margin == tuned.vector_answer_margin == 0.3
     assert tuned.suggest_threshold == default.suggest_threshold  # not overridden
+
+
+def test_common_whole_words_have_rows_of_their_own() -> None:
+    wv = bundled()
+    assert wv is not None
+    # Split into WordPieces by the model's vocabulary, embedded as one word at build time.
+    assert len(wv.pieces("refund")) == 1
+    assert len(wv.pieces("refundqq")) > 1  # not a word: still spelt with pieces
+    assert float(wv.embed(["refund"]) @ wv.embed(["reimbursement"])) > float(
+        wv.embed(["refund"]) @ wv.embed(["parcel"])) + 0.2
+
+
+def test_a_word_no_article_uses_stands_in_for_the_nearest_article_word() -> None:
+    m = Matcher(ARTICLES)
+    assert m._substitute("the merchant rejected it") == "the merchant declined it"
+    assert m._substitute("my card was declined") == "my card was declined"  # known words
+    never = Matcher(ARTICLES, MatchSettings(vector_synonym_threshold=1.0))
+    assert never._substitute("the merchant refused it") == "the merchant refused it"
+    assert Matcher(ARTICLES, MatchSettings(vectors=False))._substitute(
+        "the merchant refused it") == "the merchant refused it"
+
+
+def test_closeness_in_meaning_counts_towards_not_none() -> None:
+    st = MatchSettings()
+    m = Matcher(ARTICLES)
+    ranked = [(0, st.vector_suggest_threshold - 0.01), (1, 0.0)]
+    assert m.decide(ranked, vectors=True, closeness=0.0) == "none"
+    assert m.decide(ranked, vectors=True, closeness=0.9) != "none"
+    # Only for queries scored with the vectors.
+    low = [(0, st.suggest_threshold - 0.01), (1, 0.0)]
+    assert m.decide(low, vectors=False, closeness=0.9) == "none"
+
+
+def test_match_reports_the_closeness_it_decided_with() -> None:
+    m = Matcher(ARTICLES)
+    _, scores, closeness, _ = m.score_details("the merchant refused the transaction")
+    best = int(np.argmax(scores))
+    assert m.articles[best].id == "card-declined"
+    assert 0.3 < closeness[best] <= 1.0
+    _, _, ru, _ = m.score_details("не помню пароль")
+    assert not ru.any()
+
+
+def test_the_best_goes_first_and_the_runners_up_by_their_own_order() -> None:
+    m = Matcher(ARTICLES)
+    scores = np.array([0.9, 0.5, 0.4, 0.3, 0.2])
+    runner_up = np.array([0.1, 0.2, 0.3, 0.8, 0.7])  # the best by score stays first anyway
+    ranked = m.rank(scores, (), runner_up)
+    assert [i for i, _ in ranked[:3]] == [0, 3, 4]
+    assert ranked[-1] == (1, 0.5)  # the next-best by score is kept for the answer margin
+    assert m.decide(ranked, vectors=False) == m.decide(m.rank(scores), vectors=False)
+    excluded = m.rank(scores, {m.articles[3].id}, runner_up)
+    assert 3 not in [i for i, _ in excluded]
+    assert [i for i, _ in m.rank(scores)] == [0, 1, 2, 3]
