@@ -47,6 +47,11 @@ class WordVectors:
         with np.load(path, allow_pickle=False) as data:
             return cls(data["tokens"].tolist(), data["vectors"], data["scales"])
 
+    def whole(self, word: str) -> bool:
+        """Whether ``word`` has a row of its own (a vocabulary token or a whole-word row),
+        rather than being spelt from pieces."""
+        return word in self.index
+
     def pieces(self, word: str) -> list[int]:
         """Row ids of the word's WordPiece tokens (greedy longest match); [] if it cannot
         be spelt with the vocabulary."""

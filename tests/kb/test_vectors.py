@@ -175,3 +175,25 @@ def test_the_best_goes_first_and_the_runners_up_by_their_own_order() -> None:
     excluded = m.rank(scores, {m.articles[3].id}, runner_up)
     assert 3 not in [i for i, _ in excluded]
     assert [i for i, _ in m.rank(scores)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "noisy",
+    [
+        "I forgot my password, ticket #48213 user id 7731aa",
+        "I forgot my password @channel @here @U123 <!everyone> <b>x</b> & co",
+        "my vpn won't connect since 10:30 error 0x800704C9",
+    ],
+)
+def test_pasted_ids_and_markup_leave_a_clear_question_answered(noisy: str) -> None:
+    """Ids, codes and markup remnants are spelt from word pieces whose vectors are noise:
+    they stay out of the meaning vector, so the bundled KB still answers."""
+    from bot.app import build_kb
+    from bot.content import load_content
+    from config.settings import Settings
+
+    settings = Settings()
+    content, problems = load_content(settings)
+    assert content is not None and not problems
+    result = build_kb(settings, content).search(noisy)
+    assert result.decision == "answer", result
