@@ -34,6 +34,7 @@ from bot.logs import log_context
 from bot.metrics import Metrics
 from bot.storage.db import Database
 from bot.storage.models import MessageLink, Outbox, Ticket
+from bot.storage.prepared import Prepared
 from bot.storage.repo import log_event
 from escalation.card import TicketCard, build_card
 from escalation.desk import Desk
@@ -72,7 +73,7 @@ _TAKE_FRESH = (
     .returning(Outbox.id)
 )
 # A retry keeps what its earlier attempts recorded: one statement per row.
-_TAKE = (
+_TAKE = Prepared(
     update(Outbox)
     .where(Outbox.id == bindparam("row"), Outbox.status == "pending")
     .values(
@@ -80,9 +81,10 @@ _TAKE = (
         locked_by=bindparam("worker"),
         locked_until=bindparam("until"),
         result=bindparam("result"),
-    )
+    ),
+    ("row", "worker", "until", "result"),
 )
-_MARK_SENT = (
+_MARK_SENT = Prepared(
     update(Outbox)
     .where(Outbox.id == bindparam("row"))
     .values(
@@ -93,7 +95,8 @@ _MARK_SENT = (
         attempts=bindparam("attempts"),
         last_error=None,
         result=bindparam("result"),
-    )
+    ),
+    ("row", "at", "attempts", "result"),
 )
 
 
@@ -325,8 +328,8 @@ class Dispatcher:
             taken.update(res.scalars())
         for row, _ in candidates:
             if row.result:
-                res = await conn.execute(
-                    _TAKE,
+                changed = await _TAKE.execute(
+                    conn,
                     {
                         "row": row.id,
                         "worker": self.worker_id,
@@ -334,7 +337,7 @@ class Dispatcher:
                         "result": {**row.result, "inflight": True},
                     },
                 )
-                if res.rowcount == 1:
+                if changed == 1:
                     taken.add(row.id)
         return taken
 
@@ -482,7 +485,7 @@ class Dispatcher:
                     }
                 )
         if sent:
-            await (await s.connection()).execute(_MARK_SENT, sent)
+            await _MARK_SENT.executemany(s, sent)
         for row, item, result in outcomes:
             await self._record_one(s, row, item, result, now)
 

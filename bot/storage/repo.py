@@ -23,14 +23,18 @@ from bot.storage.models import (
     ProcessedEvent,
     User,
 )
+from bot.storage.prepared import Prepared
 
 
 # Statements on the path of every event are built once: building and hashing a statement
 # costs more than running it on SQLite.
 @cache
-def _insert_ignore(dialect: str, model: type[Base], columns: tuple[str, ...]) -> Executable:
+def _insert_ignore(dialect: str, model: type[Base], columns: tuple[str, ...]) -> Prepared:
     ins = sqlite_insert if dialect == "sqlite" else pg_insert
-    return ins(model).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing()
+    stmt: Executable = (
+        ins(model).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing()
+    )
+    return Prepared(stmt, columns)
 
 
 _TURN_ROWS = (
@@ -52,9 +56,8 @@ async def insert_once(s: AsyncSession, model: type[Base], **values: Any) -> bool
     dialect = s.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
         stmt = _insert_ignore(dialect, model, tuple(values))
-        # Core execution: the ORM's bulk path would hide the row count.
-        res = await (await s.connection()).execute(stmt, values)
-        return res.rowcount == 1
+        # Not the ORM: its bulk path would hide the row count.
+        return await stmt.execute(s, values) == 1
     try:
         async with s.begin_nested():
             await s.execute(insert(model).values(**values))
@@ -70,8 +73,23 @@ async def claim_event(s: AsyncSession, channel: str, event_id: str, now: datetim
     )
 
 
-_INSERT_EVENT = insert(Event)
-_INSERT_OUTBOX = insert(Outbox)
+_INSERT_EVENT = Prepared(
+    insert(Event), ("at", "kind", "actor", "ticket_id", "conversation_id", "data")
+)
+_INSERT_OUTBOX = Prepared(
+    insert(Outbox),
+    (
+        "channel",
+        "target",
+        "kind",
+        "payload",
+        "ticket_id",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "created_at",
+    ),
+)
 
 
 async def log_event(
@@ -87,10 +105,10 @@ async def log_event(
     """Append to the event log (who, when, what).
 
     Written at once with a plain INSERT (no ORM object: nothing reads it back in the unit
-    of work, and the ORM's flush would cost more than the statement).
+    of work, and the ORM's flush would cost more than the statement), prepared once.
     """
-    await (await s.connection()).execute(
-        _INSERT_EVENT,
+    await _INSERT_EVENT.execute(
+        s,
         {
             "at": at,
             "kind": kind,
@@ -117,8 +135,8 @@ async def enqueue(
     Rows are inserted at once, in call order: the dispatcher sends a target's rows in id
     order.
     """
-    await (await s.connection()).execute(
-        _INSERT_OUTBOX,
+    await _INSERT_OUTBOX.execute(
+        s,
         {
             "channel": channel,
             "target": target,
@@ -163,9 +181,7 @@ async def turn_rows(
     the database's write lock (``BEGIN IMMEDIATE``).
     """
     row = (
-        await s.execute(
-            _TURN_ROWS, {"channel": ref.channel, "user": ref.user_id, "chat": chat_key}
-        )
+        await s.execute(_TURN_ROWS, {"channel": ref.channel, "user": ref.user_id, "chat": chat_key})
     ).one_or_none()
     if row is None:
         return None
