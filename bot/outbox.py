@@ -329,7 +329,7 @@ class Dispatcher:
         for row, _ in candidates:
             if row.result:
                 changed = await _TAKE.execute(
-                    conn,
+                    s,
                     {
                         "row": row.id,
                         "worker": self.worker_id,

@@ -105,12 +105,12 @@ class Prepared:
 
     async def execute(self, s: AsyncSession | AsyncConnection, values: Mapping[str, Any]) -> int:
         """Run once with ``values``; the number of rows it changed."""
-        conn = await s.connection() if isinstance(s, AsyncSession) else s
-        dialect = conn.dialect
-        if not isinstance(dialect, SQLiteDialect_inline):
+        inline = await _inline(s)
+        if inline is None:
+            conn = await _connection(s)
             return int((await conn.execute(self.stmt, dict(values))).rowcount)
+        raw, dialect = inline
         sql, args = self._args(dialect, values)
-        raw = _raw(conn)
         try:
             cur = raw.execute(sql, args)
         except sqlite3.Error as exc:
@@ -123,17 +123,17 @@ class Prepared:
         """Run once per parameter set in ``rows`` (one statement, many rows)."""
         if not rows:
             return
-        conn = await s.connection() if isinstance(s, AsyncSession) else s
-        dialect = conn.dialect
-        if not isinstance(dialect, SQLiteDialect_inline):
+        inline = await _inline(s)
+        if inline is None:
+            conn = await _connection(s)
             await conn.execute(self.stmt, [dict(r) for r in rows])
             return
+        raw, dialect = inline
         sql = ""
         args: list[tuple[Any, ...]] = []
         for values in rows:
             sql, one = self._args(dialect, values)
             args.append(one)
-        raw = _raw(conn)
         try:
             raw.executemany(sql, args)
         except sqlite3.Error as exc:
@@ -143,20 +143,50 @@ class Prepared:
         self, s: AsyncSession | AsyncConnection, values: Mapping[str, Any]
     ) -> list[Any]:
         """Run once; the first column of every row it returned (``RETURNING`` / ``SELECT``)."""
-        conn = await s.connection() if isinstance(s, AsyncSession) else s
-        dialect = conn.dialect
-        if not isinstance(dialect, SQLiteDialect_inline):
+        inline = await _inline(s)
+        if inline is None:
+            conn = await _connection(s)
             return list((await conn.execute(self.stmt, dict(values))).scalars())
+        raw, dialect = inline
         sql, args = self._args(dialect, values)
-        raw = _raw(conn)
         try:
             return [row[0] for row in raw.execute(sql, args).fetchall()]
         except sqlite3.Error as exc:
             raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
 
 
+async def _connection(s: AsyncSession | AsyncConnection) -> AsyncConnection:
+    return await s.connection() if isinstance(s, AsyncSession) else s
+
+
+_Inline = tuple[sqlite3.Connection, Dialect]
+
+
+async def _inline(s: AsyncSession | AsyncConnection) -> _Inline | None:
+    """The ``sqlite3`` connection of the unit of work, its transaction begun, and its
+    dialect, if it runs on the in-thread SQLite dialect; else ``None``. Looked up once per
+    transaction of a session."""
+    if isinstance(s, AsyncSession):
+        tx = s.sync_session.get_transaction()
+        known = s.info.get(_RAW)
+        if known is not None and tx is not None and known[0] is tx:
+            found: _Inline | None = known[1]
+            return found
+        conn = await s.connection()  # begins the transaction (BEGIN IMMEDIATE)
+        found = (
+            (_raw(conn), conn.dialect) if isinstance(conn.dialect, SQLiteDialect_inline) else None
+        )
+        s.info[_RAW] = (s.sync_session.get_transaction(), found)
+        return found
+    if isinstance(s.dialect, SQLiteDialect_inline) and s.in_transaction():
+        return _raw(s), s.dialect
+    return None
+
+
 def _raw(conn: AsyncConnection) -> sqlite3.Connection:
-    """The ``sqlite3`` connection under ``conn`` (its transaction already begun)."""
     raw = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
     assert isinstance(raw, sqlite3.Connection)
     return raw
+
+
+_RAW = "firstline_inline_sqlite"  # Session.info key: (transaction, sqlite3 connection)
