@@ -42,8 +42,10 @@ from bot.storage.models import (
     Ticket,
     User,
 )
+from bot.storage.prepared import add_now, save_changes
 from bot.storage.repo import (
     claim_event,
+    create_user,
     enqueue,
     get_or_create_user,
     log_event,
@@ -185,6 +187,9 @@ class DialogEngine:
                 # Touched last, so the row's other changes go out in the same UPDATE (a
                 # query in the middle of the turn flushes what is dirty by then).
                 turn.chat.updated_at = now
+                # The turn's own rows are written as prepared UPDATEs rather than by the
+                # ORM's flush at commit (SQLite; the same columns, in the same transaction).
+                await save_changes(s, turn.user, turn.chat, turn.conv)
                 feedback = turn.feedback
             # Only after the commit: the in-memory ranking follows the database.
             for article_id, query, helped in feedback:
@@ -200,7 +205,11 @@ class DialogEngine:
             user, chat, conv = known
             refresh_user(user, ev.user, now)
         else:
-            user = await get_or_create_user(s, ev.user, now)
+            if self.db.sqlite:
+                # No row came back: the user is new (the write lock is held since BEGIN).
+                user = await create_user(s, ev.user, now)
+            else:
+                user = await get_or_create_user(s, ev.user, now)
             stmt = select(Chat).where(Chat.channel == ev.channel, Chat.chat_key == ev.chat_id)
             if not self.db.sqlite:
                 stmt = stmt.with_for_update()  # one event per chat at a time across processes
@@ -217,8 +226,7 @@ class DialogEngine:
                 created_at=now,
                 updated_at=now,
             )
-            s.add(chat)
-            await s.flush()
+            await add_now(s, chat)
         lang = user.language or pick_lang(
             user.platform_language, self.settings.dialog.default_language
         )
@@ -241,8 +249,7 @@ class DialogEngine:
             started_at=now,
             updated_at=now,
         )
-        s.add(conv)
-        await s.flush()
+        await add_now(s, conv)
         chat.conversation_id = conv.id
         await log_event(
             s,

@@ -20,12 +20,15 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Executable
+from sqlalchemy import Executable, bindparam, insert, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import InstanceState, make_transient_to_detached
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from bot.storage.sqlite_inline import SQLiteDialect_inline
@@ -139,6 +142,19 @@ class Prepared:
         except sqlite3.Error as exc:
             raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
 
+    async def insert(self, s: AsyncSession, values: Mapping[str, Any]) -> int | None:
+        """Run an INSERT of one row on the in-thread SQLite connection; its rowid.
+        ``None`` (nothing run) on any other database."""
+        inline = await _inline(s)
+        if inline is None:
+            return None
+        raw, dialect = inline
+        sql, args = self._args(dialect, values)
+        try:
+            return raw.execute(sql, args).lastrowid
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
+
     async def scalars(
         self, s: AsyncSession | AsyncConnection, values: Mapping[str, Any]
     ) -> list[Any]:
@@ -190,3 +206,110 @@ def _raw(conn: AsyncConnection) -> sqlite3.Connection:
 
 
 _RAW = "firstline_inline_sqlite"  # Session.info key: (transaction, sqlite3 connection)
+
+
+@cache
+def _update_of(model: Any, keys: tuple[str, ...]) -> Prepared:
+    """``UPDATE <table> SET <keys> WHERE <primary key> = :pk``, prepared once per set."""
+    mapper = sa_inspect(model)
+    (pk,) = mapper.primary_key
+    cols: dict[Any, Any] = {mapper.columns[k]: bindparam(f"v_{k}") for k in keys}
+    return Prepared(
+        update(model).where(pk == bindparam("pk")).values(cols),
+        (*(f"v_{k}" for k in keys), "pk"),
+    )
+
+
+async def save_changes(s: AsyncSession, *objs: Any) -> None:
+    """Write the changed columns of persistent ORM objects now, as the session's flush
+    would (one UPDATE of just those columns per object), and mark them clean.
+
+    On the in-thread SQLite dialect this is a prepared statement per object instead of the
+    ORM's flush machinery, which costs several times the statements themselves; elsewhere
+    the objects are left to the flush at commit. Only plain column attributes are written
+    here: an object with any other change (a relationship, an expired attribute) is left to
+    the flush as well.
+    """
+    inline = await _inline(s)
+    if inline is None:
+        return
+    identity_map = s.sync_session.identity_map
+    for obj in objs:
+        state: InstanceState[Any] = sa_inspect(obj)
+        if not state.modified or not state.persistent or state.expired_attributes:
+            continue
+        changed = tuple(sorted(state.committed_state))
+        mapper = state.mapper
+        if not changed or any(k not in mapper.columns for k in changed):
+            continue
+        if any(mapper.columns[k].primary_key for k in changed):
+            continue
+        values = {f"v_{k}": state.dict[k] for k in changed}
+        values["pk"] = state.identity[0] if state.identity else None
+        model: Any = mapper.class_
+        await _update_of(model, changed).execute(s, values)
+        # What the flush does after its UPDATE: the object is clean again.
+        state._commit_all(state.dict, identity_map)
+
+
+@cache
+def _insert_of(model: Any) -> tuple[Prepared, tuple[tuple[str, Any], ...]] | None:
+    """The prepared INSERT of every column of ``model`` but its integer primary key, with
+    each column's Python-side default (``None`` when the model cannot be inserted so)."""
+    mapper = sa_inspect(model)
+    if len(mapper.primary_key) != 1 or mapper.relationships:
+        return None
+    pk = mapper.primary_key[0]
+    defaults: list[tuple[str, Any]] = []
+    for attr in mapper.column_attrs:
+        col = attr.columns[0]
+        if col is pk:
+            continue
+        if col.server_default is not None and col.default is None:
+            return None  # the database would fill it in: the ORM reads it back
+        defaults.append((attr.key, col.default))
+    keys = tuple(k for k, _ in defaults)
+    stmt = insert(model).values({mapper.columns[k]: bindparam(f"v_{k}") for k in keys})
+    return Prepared(stmt, tuple(f"v_{k}" for k in keys)), tuple(defaults)
+
+
+async def add_now(s: AsyncSession, obj: Any) -> None:
+    """Insert a new ORM object at once and make it persistent in ``s``: what
+    ``s.add(obj); await s.flush()`` does, with its id set.
+
+    On the in-thread SQLite dialect the row is written by a prepared INSERT of every column
+    (the model's Python-side defaults filled in as the flush would) and the object joins
+    the session as if loaded; elsewhere, or with other objects waiting for the flush (which
+    might have to go first), it is the session's flush.
+    """
+    model: Any = type(obj)
+    prepared = _insert_of(model)
+    if prepared is None or s.sync_session.new or await _inline(s) is None:
+        s.add(obj)
+        await s.flush()
+        return
+    stmt, defaults = prepared
+    state: InstanceState[Any] = sa_inspect(obj)
+    values: dict[str, Any] = {}
+    for key, default in defaults:
+        if key in state.dict:
+            values[key] = state.dict[key]
+        elif default is None:
+            values[key] = None
+        elif default.is_scalar:
+            values[key] = default.arg
+        elif default.is_callable:
+            values[key] = default.arg(None)
+        else:  # a SQL expression as default: let the flush do it
+            s.add(obj)
+            await s.flush()
+            return
+    rowid = await stmt.insert(s, {f"v_{k}": v for k, v in values.items()})
+    for key, value in values.items():
+        if key not in state.dict:
+            setattr(obj, key, value)
+    (pk,) = state.mapper.primary_key
+    setattr(obj, state.mapper.get_property_by_column(pk).key, rowid)
+    # As though loaded from the row just written: persistent, nothing left to flush.
+    make_transient_to_detached(obj)
+    s.sync_session.add(obj)

@@ -23,7 +23,7 @@ from bot.storage.models import (
     ProcessedEvent,
     User,
 )
-from bot.storage.prepared import Prepared
+from bot.storage.prepared import Prepared, add_now
 
 
 # Statements on the path of every event are built once: building and hashing a statement
@@ -196,22 +196,26 @@ async def get_or_create_user(s: AsyncSession, ref: UserRef, now: datetime) -> Us
         )
     ).scalar_one_or_none()
     if user is None:
-        user = User(
-            channel=ref.channel,
-            external_id=ref.user_id,
-            display_name=ref.display_name[:200],
-            username=ref.username,
-            platform_language=ref.language_code,
-            timezone=ref.timezone,
-            unreachable=False,
-            banned=False,
-            created_at=now,
-            updated_at=now,
-        )
-        s.add(user)
-        await s.flush()
-        return user
+        return await create_user(s, ref, now)
     refresh_user(user, ref, now)
+    return user
+
+
+async def create_user(s: AsyncSession, ref: UserRef, now: datetime) -> User:
+    """A new user row for ``ref`` (the caller knows there is none)."""
+    user = User(
+        channel=ref.channel,
+        external_id=ref.user_id,
+        display_name=ref.display_name[:200],
+        username=ref.username,
+        platform_language=ref.language_code,
+        timezone=ref.timezone,
+        unreachable=False,
+        banned=False,
+        created_at=now,
+        updated_at=now,
+    )
+    await add_now(s, user)
     return user
 
 
