@@ -13,12 +13,13 @@ import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import event, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from bot.app import App
@@ -400,22 +401,29 @@ async def test_units_of_work_of_one_process_queue_before_touching_sqlite(
 
 @pytest.mark.sqlite  # about SQLite itself: runs on the PostgreSQL pass too
 async def test_a_turn_of_a_known_user_reads_its_rows_in_one_query(tmp_path: Path) -> None:
-    clock = FakeClock(datetime(2026, 1, 12, 7, tzinfo=UTC))
-    app = await App.create(_settings(sqlite_url(tmp_path)), clock)
+    # Traced in SQLite itself: prepared statements (bot/storage/prepared.py) bypass
+    # SQLAlchemy's statement events.
+    statements: list[str] = []
+
+    def trace(dbapi_conn: Any, _record: object) -> None:
+        dbapi_conn.set_trace_callback(statements.append)
+
+    event.listen(Engine, "connect", trace)
+    try:
+        clock = FakeClock(datetime(2026, 1, 12, 7, tzinfo=UTC))
+        app = await App.create(_settings(sqlite_url(tmp_path)), clock)
+    finally:
+        event.remove(Engine, "connect", trace)
     mem = MemoryChannel(app)
     await mem.command("ann", "start")
     await mem.press("ann", "Network")
-    selects: list[str] = []
-
-    def record(_conn: object, _cur: object, statement: str, *_rest: object) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            selects.append(statement)
-
     data = mem.messages("ann")[-1].buttons()[1]["data"]  # "Didn't help" on step 1
-    event.listen(app.db.engine.sync_engine, "before_cursor_execute", record)
+    statements.clear()
     press = UserEvent("memory", "e-step", mem.user("ann"), "ann", "button", data=data)
     await app.handle_user(press)
-    event.remove(app.db.engine.sync_engine, "before_cursor_execute", record)
+    turn = list(statements)
+    selects = [st for st in turn if st.lstrip().upper().startswith("SELECT")]
+    assert any(st.startswith("INSERT INTO processed_events") for st in turn), turn
     await mem.deliver()
     assert "Step 2" in mem.last("ann")
     assert len(selects) == 1, selects  # user, chat and conversation together

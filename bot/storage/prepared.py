@@ -83,7 +83,7 @@ class Prepared:
             or missing
             or compiled.insert_prefetch
             or compiled.update_prefetch
-            or compiled.postfetch
+            or getattr(compiled, "postfetch", None)
             or any(compiled.binds[n].expanding for n in names)
         ):
             raise ValueError(f"not a fixed statement: {compiled.string!r}")
@@ -313,3 +313,83 @@ async def add_now(s: AsyncSession, obj: Any) -> None:
     # As though loaded from the row just written: persistent, nothing left to flush.
     make_transient_to_detached(obj)
     s.sync_session.add(obj)
+
+
+@dataclass(frozen=True)
+class _Loader:
+    """How to turn a slice of a raw row into a persistent ORM object of ``model``."""
+
+    model: Any
+    keys: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    pk_index: int
+
+
+@cache
+def _loader(model: Any, dialect: Any) -> _Loader:
+    mapper = sa_inspect(model)
+    keys: list[str] = []
+    processors: list[Callable[[Any], Any] | None] = []
+    pk_index = -1
+    for i, col in enumerate(mapper.local_table.columns):
+        keys.append(mapper.get_property_by_column(col).key)
+        processors.append(col.type.dialect_impl(dialect).result_processor(dialect, None))
+        if col.primary_key:
+            pk_index = i
+    return _Loader(model, tuple(keys), tuple(processors), pk_index)
+
+
+def columns_of(*models: Any) -> list[Any]:
+    """Every column of each model's table, in table order: what :meth:`Prepared.objects`
+    reads back (a SELECT of these, outer joins allowed)."""
+    return [c for m in models for c in sa_inspect(m).local_table.columns]
+
+
+async def load_objects(
+    s: AsyncSession, stmt: Prepared, models: Sequence[Any], values: Mapping[str, Any]
+) -> list[Any | None] | None:
+    """Run ``stmt`` (a SELECT of :func:`columns_of` ``models``) for its first row and make
+    one persistent ORM object per model from it (``None`` for a model whose columns are all
+    NULL: an outer join that found nothing), as a query of those entities would; ``[]``
+    when no row matched. ``None`` when not on the in-thread SQLite dialect: the caller then
+    runs its ORM query.
+
+    An object of the same identity already in the session is returned as it is, as the
+    ORM does without ``populate_existing``.
+    """
+    inline = await _inline(s)
+    if inline is None:
+        return None
+    raw, dialect = inline
+    sql, args = stmt._args(dialect, values)
+    try:
+        row = raw.execute(sql, args).fetchone()
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
+    if row is None:
+        return []
+    session = s.sync_session
+    out: list[Any | None] = []
+    at = 0
+    for model in models:
+        ld = _loader(model, dialect)
+        part = row[at : at + len(ld.keys)]
+        at += len(ld.keys)
+        pk = part[ld.pk_index]
+        if pk is None:
+            out.append(None)
+            continue
+        key = sa_inspect(model).identity_key_from_primary_key((pk,))
+        existing = session.identity_map.get(key)
+        if existing is not None:
+            out.append(existing)
+            continue
+        obj = sa_inspect(model).class_manager.new_instance()
+        state: InstanceState[Any] = sa_inspect(obj)
+        for k, p, v in zip(ld.keys, ld.processors, part, strict=True):
+            state.dict[k] = p(v) if p is not None and v is not None else v
+        # As a query's load: persistent, clean, its identity the primary key.
+        make_transient_to_detached(obj)
+        session.add(obj)
+        out.append(obj)
+    return out

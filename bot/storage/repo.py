@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Executable, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -23,7 +23,7 @@ from bot.storage.models import (
     ProcessedEvent,
     User,
 )
-from bot.storage.prepared import Prepared, add_now
+from bot.storage.prepared import Prepared, add_now, columns_of, load_objects
 
 
 # Statements on the path of every event are built once: building and hashing a statement
@@ -43,6 +43,11 @@ _TURN_ROWS = (
     .outerjoin(Chat, (Chat.channel == bindparam("channel")) & (Chat.chat_key == bindparam("chat")))
     .outerjoin(Conversation, Conversation.id == Chat.conversation_id)
     .where(User.channel == bindparam("channel"), User.external_id == bindparam("user"))
+)
+# The same query for the in-thread SQLite dialect, its row turned into objects directly.
+_TURN_ROWS_PREPARED = Prepared(
+    _TURN_ROWS.with_only_columns(*columns_of(User, Chat, Conversation)),
+    ("channel", "user", "chat"),
 )
 
 
@@ -180,9 +185,15 @@ async def turn_rows(
     ``None`` when the user is new. No row lock: for SQLite, whose transactions already hold
     the database's write lock (``BEGIN IMMEDIATE``).
     """
-    row = (
-        await s.execute(_TURN_ROWS, {"channel": ref.channel, "user": ref.user_id, "chat": chat_key})
-    ).one_or_none()
+    values = {"channel": ref.channel, "user": ref.user_id, "chat": chat_key}
+    loaded = await load_objects(s, _TURN_ROWS_PREPARED, (User, Chat, Conversation), values)
+    if loaded is not None:
+        if not loaded:
+            return None
+        user, chat, conv = loaded
+        assert isinstance(user, User)
+        return user, cast(Chat | None, chat), cast(Conversation | None, conv)
+    row = (await s.execute(_TURN_ROWS, values)).one_or_none()
     if row is None:
         return None
     return row[0], row[1], row[2]
