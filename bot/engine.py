@@ -839,7 +839,8 @@ class DialogEngine:
         shown = set(conv.data.get("shown", []))
         result = self.kb.search(query, turn.lang, exclude=shown)
         top = result.results[0] if result.results else None
-        turn.s.add(
+        await add_now(
+            turn.s,
             KbQuery(
                 conversation_id=conv.id,
                 query=query[:2000],
@@ -848,7 +849,7 @@ class DialogEngine:
                 top_article=top.article.id if top else None,
                 top_score=float(top.score) if top else None,
                 at=turn.now,
-            )
+            ),
         )
         await log_event(
             turn.s,
@@ -886,8 +887,7 @@ class DialogEngine:
             decision=decision,
             shown_at=turn.now,
         )
-        turn.s.add(imp)
-        await turn.s.flush()
+        await add_now(turn.s, imp)
         data = dict(conv.data)
         data["shown"] = [*data.get("shown", []), article.id]
         data["impression"] = imp.id
@@ -1062,14 +1062,15 @@ class DialogEngine:
         if option is None:
             await self.say(turn, t("stale_button", turn.lang))
             return
-        turn.s.add(
+        await add_now(
+            turn.s,
             ChecklistAnswer(
                 conversation_id=conv.id,
                 category=cat.id,
                 step_id=step.id,
                 option_id=option.id,
                 answered_at=turn.now,
-            )
+            ),
         )
         data = dict(conv.data)
         data["steps_done"] = [*data.get("steps_done", []), [step.id, option.id]]

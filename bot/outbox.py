@@ -34,7 +34,7 @@ from bot.logs import log_context
 from bot.metrics import Metrics
 from bot.storage.db import Database
 from bot.storage.models import MessageLink, Outbox, Ticket
-from bot.storage.prepared import Prepared
+from bot.storage.prepared import Prepared, columns_of, load_all
 from bot.storage.repo import log_event
 from escalation.card import TicketCard, build_card
 from escalation.desk import Desk
@@ -59,6 +59,32 @@ _UNSENT = (
     .order_by(Outbox.id)
     .limit(_UNSENT_BATCH)
 )
+
+
+@functools.cache
+def _unsent_prepared(channels: int) -> Prepared:
+    """:data:`_UNSENT` for ``channels`` channels, its list as plain parameters."""
+    stmt = (
+        select(*columns_of(Outbox))
+        .where(
+            Outbox.status.in_([bindparam("pending", "pending"), bindparam("sending", "sending")]),
+            Outbox.channel.in_([bindparam(f"ch{i}") for i in range(channels)]),
+        )
+        .order_by(Outbox.id)
+        .limit(_UNSENT_BATCH)
+    )
+    return Prepared(stmt, tuple(f"ch{i}" for i in range(channels)))
+
+
+async def _unsent(s: AsyncSession, channels: list[str]) -> list[Outbox]:
+    """The unsent rows of ``channels``, oldest first (at most :data:`_UNSENT_BATCH`)."""
+    prepared = _unsent_prepared(len(channels))
+    loaded = await load_all(s, prepared, Outbox, {f"ch{i}": c for i, c in enumerate(channels)})
+    if loaded is not None:
+        return loaded
+    return list((await s.execute(_UNSENT, {"channels": channels})).scalars())
+
+
 # First attempts (no state yet) are claimed together; RETURNING says which rows this
 # dispatcher won (another one may have taken some since the SELECT, on PostgreSQL).
 _TAKE_FRESH = (
@@ -284,7 +310,7 @@ class Dispatcher:
                     .values(status="pending", locked_by=None)
                 )
                 await self._reclaim_from_dead_workers(s)
-            rows = list((await s.execute(_UNSENT, {"channels": list(self.senders)})).scalars())
+            rows = await _unsent(s, list(self.senders))
             candidates: list[tuple[Outbox, bool]] = []
             blocked: set[tuple[str, str]] = set()
             self._more = len(rows) == _UNSENT_BATCH

@@ -373,23 +373,45 @@ async def load_objects(
     at = 0
     for model in models:
         ld = _loader(model, dialect)
-        part = row[at : at + len(ld.keys)]
+        out.append(_object(session, ld, row[at : at + len(ld.keys)]))
         at += len(ld.keys)
-        pk = part[ld.pk_index]
-        if pk is None:
-            out.append(None)
-            continue
-        key = sa_inspect(model).identity_key_from_primary_key((pk,))
-        existing = session.identity_map.get(key)
-        if existing is not None:
-            out.append(existing)
-            continue
-        obj = sa_inspect(model).class_manager.new_instance()
-        state: InstanceState[Any] = sa_inspect(obj)
-        for k, p, v in zip(ld.keys, ld.processors, part, strict=True):
-            state.dict[k] = p(v) if p is not None and v is not None else v
-        # As a query's load: persistent, clean, its identity the primary key.
-        make_transient_to_detached(obj)
-        session.add(obj)
-        out.append(obj)
     return out
+
+
+async def load_all(
+    s: AsyncSession, stmt: Prepared, model: Any, values: Mapping[str, Any]
+) -> list[Any] | None:
+    """Run ``stmt`` (a SELECT of :func:`columns_of` ``model``) and make a persistent ORM
+    object of every row, in order, as a query of the entity would. ``None`` when not on the
+    in-thread SQLite dialect: the caller then runs its ORM query."""
+    inline = await _inline(s)
+    if inline is None:
+        return None
+    raw, dialect = inline
+    sql, args = stmt._args(dialect, values)
+    try:
+        rows = raw.execute(sql, args).fetchall()
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
+    ld = _loader(model, dialect)
+    session = s.sync_session
+    return [_object(session, ld, row) for row in rows]
+
+
+def _object(session: Any, ld: _Loader, part: Sequence[Any]) -> Any | None:
+    """The persistent object of one row (``None`` if its primary key is NULL)."""
+    pk = part[ld.pk_index]
+    if pk is None:
+        return None
+    mapper = sa_inspect(ld.model)
+    existing = session.identity_map.get(mapper.identity_key_from_primary_key((pk,)))
+    if existing is not None:
+        return existing
+    obj = mapper.class_manager.new_instance()
+    state: InstanceState[Any] = sa_inspect(obj)
+    for k, p, v in zip(ld.keys, ld.processors, part, strict=True):
+        state.dict[k] = p(v) if p is not None and v is not None else v
+    # As a query's load: persistent, clean, its identity the primary key.
+    make_transient_to_detached(obj)
+    session.add(obj)
+    return obj
