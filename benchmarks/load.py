@@ -126,6 +126,7 @@ class Results:
     timeouts: int = 0
     refused: int = 0
     bot_cpu_seconds: float = 0.0  # CPU time of the bot process over both phases
+    closed_cpu_seconds: float = 0.0  # of it, in the closed loop (memory channel)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -315,6 +316,7 @@ async def run_memory(
         turn, args.users, args.concurrency, args.throughput_seconds
     )
     res.closed_seconds = time.perf_counter() - t0
+    res.closed_cpu_seconds = time.process_time() - cpu0
     res.closed_replies = sender.delivered - delivered0
     res.backlog_after_closed = await _backlog(app.db)
     t1 = time.perf_counter()
@@ -537,6 +539,7 @@ def run_processes(args: argparse.Namespace, url: str, rss: list[tuple[float, flo
         timeouts=sum(r.timeouts for r in results),
         refused=sum(r.refused for r in results),
         bot_cpu_seconds=sum(r.bot_cpu_seconds for r in results),
+        closed_cpu_seconds=sum(r.closed_cpu_seconds for r in results),
     )
     samples = min(len(series) for _, series in parts)
     rss.extend(
@@ -626,9 +629,14 @@ def report(
     total = res.closed_turns + res.offered - res.skipped
     if res.bot_cpu_seconds and total:
         per_turn = res.bot_cpu_seconds / total
+        closed = ""
+        if res.closed_cpu_seconds and res.closed_turns:
+            closed = (
+                f"; {1000 * res.closed_cpu_seconds / res.closed_turns:.2f} ms in the closed loop"
+            )
         print(
             f"{procs} CPU: {1000 * per_turn:.2f} ms per turn over both phases "
-            f"({res.bot_cpu_seconds:.0f} s for {total} turns)"
+            f"({res.bot_cpu_seconds:.0f} s for {total} turns){closed}"
         )
     if res.lags:
         print(

@@ -42,8 +42,10 @@ from bot.storage.models import (
     Ticket,
     User,
 )
+from bot.storage.prepared import add_now, save_changes
 from bot.storage.repo import (
     claim_event,
+    create_user,
     enqueue,
     get_or_create_user,
     log_event,
@@ -185,6 +187,9 @@ class DialogEngine:
                 # Touched last, so the row's other changes go out in the same UPDATE (a
                 # query in the middle of the turn flushes what is dirty by then).
                 turn.chat.updated_at = now
+                # The turn's own rows are written as prepared UPDATEs rather than by the
+                # ORM's flush at commit (SQLite; the same columns, in the same transaction).
+                await save_changes(s, turn.user, turn.chat, turn.conv)
                 feedback = turn.feedback
             # Only after the commit: the in-memory ranking follows the database.
             for article_id, query, helped in feedback:
@@ -200,7 +205,11 @@ class DialogEngine:
             user, chat, conv = known
             refresh_user(user, ev.user, now)
         else:
-            user = await get_or_create_user(s, ev.user, now)
+            if self.db.sqlite:
+                # No row came back: the user is new (the write lock is held since BEGIN).
+                user = await create_user(s, ev.user, now)
+            else:
+                user = await get_or_create_user(s, ev.user, now)
             stmt = select(Chat).where(Chat.channel == ev.channel, Chat.chat_key == ev.chat_id)
             if not self.db.sqlite:
                 stmt = stmt.with_for_update()  # one event per chat at a time across processes
@@ -217,8 +226,7 @@ class DialogEngine:
                 created_at=now,
                 updated_at=now,
             )
-            s.add(chat)
-            await s.flush()
+            await add_now(s, chat)
         lang = user.language or pick_lang(
             user.platform_language, self.settings.dialog.default_language
         )
@@ -241,8 +249,7 @@ class DialogEngine:
             started_at=now,
             updated_at=now,
         )
-        s.add(conv)
-        await s.flush()
+        await add_now(s, conv)
         chat.conversation_id = conv.id
         await log_event(
             s,
@@ -832,7 +839,8 @@ class DialogEngine:
         shown = set(conv.data.get("shown", []))
         result = self.kb.search(query, turn.lang, exclude=shown)
         top = result.results[0] if result.results else None
-        turn.s.add(
+        await add_now(
+            turn.s,
             KbQuery(
                 conversation_id=conv.id,
                 query=query[:2000],
@@ -841,7 +849,7 @@ class DialogEngine:
                 top_article=top.article.id if top else None,
                 top_score=float(top.score) if top else None,
                 at=turn.now,
-            )
+            ),
         )
         await log_event(
             turn.s,
@@ -879,8 +887,7 @@ class DialogEngine:
             decision=decision,
             shown_at=turn.now,
         )
-        turn.s.add(imp)
-        await turn.s.flush()
+        await add_now(turn.s, imp)
         data = dict(conv.data)
         data["shown"] = [*data.get("shown", []), article.id]
         data["impression"] = imp.id
@@ -1055,14 +1062,15 @@ class DialogEngine:
         if option is None:
             await self.say(turn, t("stale_button", turn.lang))
             return
-        turn.s.add(
+        await add_now(
+            turn.s,
             ChecklistAnswer(
                 conversation_id=conv.id,
                 category=cat.id,
                 step_id=step.id,
                 option_id=option.id,
                 answered_at=turn.now,
-            )
+            ),
         )
         data = dict(conv.data)
         data["steps_done"] = [*data.get("steps_done", []), [step.id, option.id]]

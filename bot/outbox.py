@@ -34,6 +34,7 @@ from bot.logs import log_context
 from bot.metrics import Metrics
 from bot.storage.db import Database
 from bot.storage.models import MessageLink, Outbox, Ticket
+from bot.storage.prepared import Prepared, columns_of, load_all
 from bot.storage.repo import log_event
 from escalation.card import TicketCard, build_card
 from escalation.desk import Desk
@@ -58,6 +59,32 @@ _UNSENT = (
     .order_by(Outbox.id)
     .limit(_UNSENT_BATCH)
 )
+
+
+@functools.cache
+def _unsent_prepared(channels: int) -> Prepared:
+    """:data:`_UNSENT` for ``channels`` channels, its list as plain parameters."""
+    stmt = (
+        select(*columns_of(Outbox))
+        .where(
+            Outbox.status.in_([bindparam("pending", "pending"), bindparam("sending", "sending")]),
+            Outbox.channel.in_([bindparam(f"ch{i}") for i in range(channels)]),
+        )
+        .order_by(Outbox.id)
+        .limit(_UNSENT_BATCH)
+    )
+    return Prepared(stmt, tuple(f"ch{i}" for i in range(channels)))
+
+
+async def _unsent(s: AsyncSession, channels: list[str]) -> list[Outbox]:
+    """The unsent rows of ``channels``, oldest first (at most :data:`_UNSENT_BATCH`)."""
+    prepared = _unsent_prepared(len(channels))
+    loaded = await load_all(s, prepared, Outbox, {f"ch{i}": c for i, c in enumerate(channels)})
+    if loaded is not None:
+        return loaded
+    return list((await s.execute(_UNSENT, {"channels": channels})).scalars())
+
+
 # First attempts (no state yet) are claimed together; RETURNING says which rows this
 # dispatcher won (another one may have taken some since the SELECT, on PostgreSQL).
 _TAKE_FRESH = (
@@ -72,7 +99,7 @@ _TAKE_FRESH = (
     .returning(Outbox.id)
 )
 # A retry keeps what its earlier attempts recorded: one statement per row.
-_TAKE = (
+_TAKE = Prepared(
     update(Outbox)
     .where(Outbox.id == bindparam("row"), Outbox.status == "pending")
     .values(
@@ -80,9 +107,10 @@ _TAKE = (
         locked_by=bindparam("worker"),
         locked_until=bindparam("until"),
         result=bindparam("result"),
-    )
+    ),
+    ("row", "worker", "until", "result"),
 )
-_MARK_SENT = (
+_MARK_SENT = Prepared(
     update(Outbox)
     .where(Outbox.id == bindparam("row"))
     .values(
@@ -93,7 +121,8 @@ _MARK_SENT = (
         attempts=bindparam("attempts"),
         last_error=None,
         result=bindparam("result"),
-    )
+    ),
+    ("row", "at", "attempts", "result"),
 )
 
 
@@ -281,7 +310,7 @@ class Dispatcher:
                     .values(status="pending", locked_by=None)
                 )
                 await self._reclaim_from_dead_workers(s)
-            rows = list((await s.execute(_UNSENT, {"channels": list(self.senders)})).scalars())
+            rows = await _unsent(s, list(self.senders))
             candidates: list[tuple[Outbox, bool]] = []
             blocked: set[tuple[str, str]] = set()
             self._more = len(rows) == _UNSENT_BATCH
@@ -325,8 +354,8 @@ class Dispatcher:
             taken.update(res.scalars())
         for row, _ in candidates:
             if row.result:
-                res = await conn.execute(
-                    _TAKE,
+                changed = await _TAKE.execute(
+                    s,
                     {
                         "row": row.id,
                         "worker": self.worker_id,
@@ -334,7 +363,7 @@ class Dispatcher:
                         "result": {**row.result, "inflight": True},
                     },
                 )
-                if res.rowcount == 1:
+                if changed == 1:
                     taken.add(row.id)
         return taken
 
@@ -482,7 +511,7 @@ class Dispatcher:
                     }
                 )
         if sent:
-            await (await s.connection()).execute(_MARK_SENT, sent)
+            await _MARK_SENT.executemany(s, sent)
         for row, item, result in outcomes:
             await self._record_one(s, row, item, result, now)
 

@@ -13,21 +13,30 @@ import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import event, select, text
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import event, select, text, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bot.app import App
 from bot.clock import FakeClock
-from bot.domain import UserEvent
+from bot.domain import UserEvent, UserRef
 from bot.outbox import Dispatcher, OutboxItem, SendResult
 from bot.storage.db import Database
-from bot.storage.models import Base, Conversation, Event, Outbox, Ticket
-from bot.storage.repo import claim_event, enqueue, log_event, next_value
+from bot.storage.models import Base, Chat, Conversation, Event, Outbox, Ticket, User
+from bot.storage.prepared import add_now, save_changes
+from bot.storage.repo import (
+    claim_event,
+    create_user,
+    enqueue,
+    log_event,
+    next_value,
+    turn_rows,
+)
 from config.settings import DatabaseSettings, EscalationSettings, Settings
 from handlers.memory import MemoryChannel
 from tests.conftest import PG_URL, PgDatabases, sqlite_url
@@ -400,22 +409,29 @@ async def test_units_of_work_of_one_process_queue_before_touching_sqlite(
 
 @pytest.mark.sqlite  # about SQLite itself: runs on the PostgreSQL pass too
 async def test_a_turn_of_a_known_user_reads_its_rows_in_one_query(tmp_path: Path) -> None:
-    clock = FakeClock(datetime(2026, 1, 12, 7, tzinfo=UTC))
-    app = await App.create(_settings(sqlite_url(tmp_path)), clock)
+    # Traced in SQLite itself: prepared statements (bot/storage/prepared.py) bypass
+    # SQLAlchemy's statement events.
+    statements: list[str] = []
+
+    def trace(dbapi_conn: Any, _record: object) -> None:
+        dbapi_conn.set_trace_callback(statements.append)
+
+    event.listen(Engine, "connect", trace)
+    try:
+        clock = FakeClock(datetime(2026, 1, 12, 7, tzinfo=UTC))
+        app = await App.create(_settings(sqlite_url(tmp_path)), clock)
+    finally:
+        event.remove(Engine, "connect", trace)
     mem = MemoryChannel(app)
     await mem.command("ann", "start")
     await mem.press("ann", "Network")
-    selects: list[str] = []
-
-    def record(_conn: object, _cur: object, statement: str, *_rest: object) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            selects.append(statement)
-
     data = mem.messages("ann")[-1].buttons()[1]["data"]  # "Didn't help" on step 1
-    event.listen(app.db.engine.sync_engine, "before_cursor_execute", record)
+    statements.clear()
     press = UserEvent("memory", "e-step", mem.user("ann"), "ann", "button", data=data)
     await app.handle_user(press)
-    event.remove(app.db.engine.sync_engine, "before_cursor_execute", record)
+    turn = list(statements)
+    selects = [st for st in turn if st.lstrip().upper().startswith("SELECT")]
+    assert any(st.startswith("INSERT INTO processed_events") for st in turn), turn
     await mem.deliver()
     assert "Step 2" in mem.last("ann")
     assert len(selects) == 1, selects  # user, chat and conversation together
@@ -440,7 +456,11 @@ async def test_the_dispatcher_waits_for_a_wake_once_nothing_is_left_behind(db: D
         async with db.transaction() as s:
             for t in texts:
                 await enqueue(
-                    s, channel="memory", target=target, kind="message", payload={"text": t},
+                    s,
+                    channel="memory",
+                    target=target,
+                    kind="message",
+                    payload={"text": t},
                     now=clock.now(),
                 )
         d.wake()
@@ -493,3 +513,95 @@ async def test_urgent_units_of_work_go_before_queued_ones(inline_db: Database) -
     release.set()
     await asyncio.gather(first, *queued, outbox)
     assert order == ["first", "outbox", "turn0", "turn1", "turn2"]
+
+
+# ---------------------------------------------------------------- prepared statements
+# On sqlite:/// the hot path's statements bypass SQLAlchemy (bot/storage/prepared.py);
+# aiosqlite and PostgreSQL run them through it. Every backend must store and read alike.
+
+
+async def test_prepared_writes_store_what_sqlalchemy_stores(db: Database) -> None:
+    at = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    async with db.transaction() as s:
+        await log_event(s, "probe\x00", actor="a\x00b", at=at, ticket_id=None, text="c\x00d")
+        await enqueue(
+            s, channel="memory", target="t\x00", kind="message", payload={"x": [1, "é"]}, now=at
+        )
+    async with db.read() as s:
+        ev = (await s.execute(select(Event))).scalar_one()
+        row = (await s.execute(select(Outbox))).scalar_one()
+    assert (ev.kind, ev.actor, ev.at, ev.ticket_id) == ("probe\ufffd", "a\ufffdb", at, None)
+    assert ev.data == {"text": "c\x00d"}  # JSON keeps it, escaped
+    assert (row.target, row.payload, row.status, row.attempts) == (
+        "t\ufffd",
+        {"x": [1, "é"]},
+        "pending",
+        0,
+    )
+    assert row.next_attempt_at == at and row.next_attempt_at.tzinfo is not None
+    assert row.result is None
+
+
+async def test_prepared_statements_raise_sqlalchemys_errors(db: Database) -> None:
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    ref = UserRef("memory", "ann", display_name="Ann")
+    async with db.transaction() as s:
+        await create_user(s, ref, now)
+    with pytest.raises(IntegrityError):
+        async with db.transaction() as s:
+            await create_user(s, ref, now)  # (channel, external_id) is unique
+    async with db.transaction() as s:  # the claim still works after the failed unit
+        assert await claim_event(s, "memory", "e1", now)
+        assert not await claim_event(s, "memory", "e1", now)
+
+
+async def test_rows_made_objects_directly_behave_as_loaded_ones(db: Database) -> None:
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    ref = UserRef("memory", "ann", display_name="Ann", language_code="en")
+    async with db.transaction() as s:
+        user = await create_user(s, ref, now)
+        chat = Chat(
+            channel="memory", chat_key="ann", user_id=user.id, created_at=now, updated_at=now
+        )
+        await add_now(s, chat)
+        conv = Conversation(
+            chat_id=chat.id,
+            user_id=user.id,
+            state="idle",
+            lang="en",
+            started_at=now,
+            updated_at=now,
+        )
+        await add_now(s, conv)
+        chat.conversation_id = conv.id
+        await save_changes(s, chat)
+        # Defaults filled in as the flush would; nothing left for the flush to write.
+        assert user.id and chat.id and conv.id
+        assert (user.flood_count, user.banned, chat.prompt_nonce) == (0, False, 0)
+        assert (conv.data, conv.problem, conv.details) == ({}, "", "")
+        assert not s.sync_session.new
+        # sqlite:/// writes at once; elsewhere the session's flush does at commit.
+        assert bool(s.sync_session.dirty) != db.inline
+    async with db.transaction() as s:
+        found = await turn_rows(s, ref, "ann")
+        assert found is not None
+        user, chat2, conv2 = found
+        assert chat2 is not None and conv2 is not None
+        assert (chat2.conversation_id, conv2.state, conv2.data) == (conv.id, "idle", {})
+        assert user.created_at == now and user.flood_window_start is None
+        assert not s.sync_session.dirty
+        # Another statement of the unit of work changes a column the object does not know
+        # of; writing the object's own change must not put the old value back.
+        await s.execute(update(User).where(User.id == user.id).values(banned=True))
+        user.display_name = "Ann B."
+        conv2.data = {"shown": ["a1"]}
+        await save_changes(s, user, chat2, conv2)
+        assert bool(s.sync_session.dirty) != db.inline
+        # An identity already in the session comes back as that very object.
+        again = await turn_rows(s, ref, "ann")
+        assert again is not None and again[0] is user
+    async with db.read() as s:
+        u = (await s.execute(select(User))).scalar_one()
+        c = (await s.execute(select(Conversation))).scalar_one()
+    assert (u.display_name, u.banned, c.data) == ("Ann B.", True, {"shown": ["a1"]})
+    assert c.updated_at == now and c.updated_at.tzinfo is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Executable, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -23,14 +23,18 @@ from bot.storage.models import (
     ProcessedEvent,
     User,
 )
+from bot.storage.prepared import Prepared, add_now, columns_of, load_objects
 
 
 # Statements on the path of every event are built once: building and hashing a statement
 # costs more than running it on SQLite.
 @cache
-def _insert_ignore(dialect: str, model: type[Base], columns: tuple[str, ...]) -> Executable:
+def _insert_ignore(dialect: str, model: type[Base], columns: tuple[str, ...]) -> Prepared:
     ins = sqlite_insert if dialect == "sqlite" else pg_insert
-    return ins(model).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing()
+    stmt: Executable = (
+        ins(model).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing()
+    )
+    return Prepared(stmt, columns)
 
 
 _TURN_ROWS = (
@@ -39,6 +43,11 @@ _TURN_ROWS = (
     .outerjoin(Chat, (Chat.channel == bindparam("channel")) & (Chat.chat_key == bindparam("chat")))
     .outerjoin(Conversation, Conversation.id == Chat.conversation_id)
     .where(User.channel == bindparam("channel"), User.external_id == bindparam("user"))
+)
+# The same query for the in-thread SQLite dialect, its row turned into objects directly.
+_TURN_ROWS_PREPARED = Prepared(
+    _TURN_ROWS.with_only_columns(*columns_of(User, Chat, Conversation)),
+    ("channel", "user", "chat"),
 )
 
 
@@ -52,9 +61,8 @@ async def insert_once(s: AsyncSession, model: type[Base], **values: Any) -> bool
     dialect = s.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
         stmt = _insert_ignore(dialect, model, tuple(values))
-        # Core execution: the ORM's bulk path would hide the row count.
-        res = await (await s.connection()).execute(stmt, values)
-        return res.rowcount == 1
+        # Not the ORM: its bulk path would hide the row count.
+        return await stmt.execute(s, values) == 1
     try:
         async with s.begin_nested():
             await s.execute(insert(model).values(**values))
@@ -70,8 +78,23 @@ async def claim_event(s: AsyncSession, channel: str, event_id: str, now: datetim
     )
 
 
-_INSERT_EVENT = insert(Event)
-_INSERT_OUTBOX = insert(Outbox)
+_INSERT_EVENT = Prepared(
+    insert(Event), ("at", "kind", "actor", "ticket_id", "conversation_id", "data")
+)
+_INSERT_OUTBOX = Prepared(
+    insert(Outbox),
+    (
+        "channel",
+        "target",
+        "kind",
+        "payload",
+        "ticket_id",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "created_at",
+    ),
+)
 
 
 async def log_event(
@@ -87,10 +110,10 @@ async def log_event(
     """Append to the event log (who, when, what).
 
     Written at once with a plain INSERT (no ORM object: nothing reads it back in the unit
-    of work, and the ORM's flush would cost more than the statement).
+    of work, and the ORM's flush would cost more than the statement), prepared once.
     """
-    await (await s.connection()).execute(
-        _INSERT_EVENT,
+    await _INSERT_EVENT.execute(
+        s,
         {
             "at": at,
             "kind": kind,
@@ -117,8 +140,8 @@ async def enqueue(
     Rows are inserted at once, in call order: the dispatcher sends a target's rows in id
     order.
     """
-    await (await s.connection()).execute(
-        _INSERT_OUTBOX,
+    await _INSERT_OUTBOX.execute(
+        s,
         {
             "channel": channel,
             "target": target,
@@ -162,11 +185,15 @@ async def turn_rows(
     ``None`` when the user is new. No row lock: for SQLite, whose transactions already hold
     the database's write lock (``BEGIN IMMEDIATE``).
     """
-    row = (
-        await s.execute(
-            _TURN_ROWS, {"channel": ref.channel, "user": ref.user_id, "chat": chat_key}
-        )
-    ).one_or_none()
+    values = {"channel": ref.channel, "user": ref.user_id, "chat": chat_key}
+    loaded = await load_objects(s, _TURN_ROWS_PREPARED, (User, Chat, Conversation), values)
+    if loaded is not None:
+        if not loaded:
+            return None
+        user, chat, conv = loaded
+        assert isinstance(user, User)
+        return user, cast(Chat | None, chat), cast(Conversation | None, conv)
+    row = (await s.execute(_TURN_ROWS, values)).one_or_none()
     if row is None:
         return None
     return row[0], row[1], row[2]
@@ -180,22 +207,26 @@ async def get_or_create_user(s: AsyncSession, ref: UserRef, now: datetime) -> Us
         )
     ).scalar_one_or_none()
     if user is None:
-        user = User(
-            channel=ref.channel,
-            external_id=ref.user_id,
-            display_name=ref.display_name[:200],
-            username=ref.username,
-            platform_language=ref.language_code,
-            timezone=ref.timezone,
-            unreachable=False,
-            banned=False,
-            created_at=now,
-            updated_at=now,
-        )
-        s.add(user)
-        await s.flush()
-        return user
+        return await create_user(s, ref, now)
     refresh_user(user, ref, now)
+    return user
+
+
+async def create_user(s: AsyncSession, ref: UserRef, now: datetime) -> User:
+    """A new user row for ``ref`` (the caller knows there is none)."""
+    user = User(
+        channel=ref.channel,
+        external_id=ref.user_id,
+        display_name=ref.display_name[:200],
+        username=ref.username,
+        platform_language=ref.language_code,
+        timezone=ref.timezone,
+        unreachable=False,
+        banned=False,
+        created_at=now,
+        updated_at=now,
+    )
+    await add_now(s, user)
     return user
 
 
