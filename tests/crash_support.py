@@ -227,7 +227,9 @@ class BotProcess:
             SLACK_SIGNING_SECRET=SECRET,
             SLACK_API_URL=self.api.api_url,
             SLACK_L2_CHANNEL=L2,
-            DATABASE_URL=f"sqlite+aiosqlite:///{self.db}",
+            # The default driver (statements in the event loop's thread, the prepared fast
+            # path); FIRSTLINE_CRASH_DRIVER=sqlite+aiosqlite runs the other one.
+            DATABASE_URL=f"{os.environ.get('FIRSTLINE_CRASH_DRIVER', 'sqlite')}:///{self.db}",
             FIRSTLINE_CONTENT_DIR=str(self.content),
             FIRSTLINE_KB_DIR=str(self.tmp_path / "kb"),
             FIRSTLINE_HTTP_HOST="127.0.0.1",
