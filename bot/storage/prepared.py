@@ -114,11 +114,7 @@ class Prepared:
             return int((await conn.execute(self.stmt, dict(values))).rowcount)
         raw, dialect = inline
         sql, args = self._args(dialect, values)
-        try:
-            cur = raw.execute(sql, args)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
-        return int(cur.rowcount)
+        return int(_run(raw, sql, args).rowcount)
 
     async def executemany(
         self, s: AsyncSession | AsyncConnection, rows: Sequence[Mapping[str, Any]]
@@ -150,10 +146,7 @@ class Prepared:
             return None
         raw, dialect = inline
         sql, args = self._args(dialect, values)
-        try:
-            return raw.execute(sql, args).lastrowid
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
+        return _run(raw, sql, args).lastrowid
 
     async def scalars(
         self, s: AsyncSession | AsyncConnection, values: Mapping[str, Any]
@@ -165,10 +158,15 @@ class Prepared:
             return list((await conn.execute(self.stmt, dict(values))).scalars())
         raw, dialect = inline
         sql, args = self._args(dialect, values)
-        try:
-            return [row[0] for row in raw.execute(sql, args).fetchall()]
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
+        return [row[0] for row in _run(raw, sql, args).fetchall()]
+
+
+def _run(raw: Any, sql: str, args: Sequence[Any]) -> sqlite3.Cursor:
+    """``raw.execute`` with ``sqlite3`` errors raised as SQLAlchemy's, as on its own path."""
+    try:
+        return cast("sqlite3.Cursor", raw.execute(sql, args))
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
 
 
 async def _connection(s: AsyncSession | AsyncConnection) -> AsyncConnection:
@@ -362,10 +360,7 @@ async def load_objects(
         return None
     raw, dialect = inline
     sql, args = stmt._args(dialect, values)
-    try:
-        row = raw.execute(sql, args).fetchone()
-    except sqlite3.Error as exc:
-        raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
+    row = _run(raw, sql, args).fetchone()
     if row is None:
         return []
     session = s.sync_session
@@ -389,10 +384,7 @@ async def load_all(
         return None
     raw, dialect = inline
     sql, args = stmt._args(dialect, values)
-    try:
-        rows = raw.execute(sql, args).fetchall()
-    except sqlite3.Error as exc:
-        raise DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
+    rows = _run(raw, sql, args).fetchall()
     ld = _loader(model, dialect)
     session = s.sync_session
     return [_object(session, ld, row) for row in rows]

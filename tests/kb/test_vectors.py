@@ -7,18 +7,9 @@ import numpy as np
 import pytest
 
 import kb.matcher
-from kb.articles import Article
 from kb.matcher import Matcher, MatchSettings
 from kb.vectors import TABLE, WordVectors, bundled
-
-
-def article(id_: str, questions: list[str], lang: str = "en") -> Article:
-    return Article(
-        id=id_, title=id_.replace("-", " "), category="general", lang=lang,
-        questions=tuple(questions), body="Answer.", tags=(), links=(),
-        path=f"<memory>/{id_}.md", line=1,
-    )
-
+from tests.kb.test_matcher import article
 
 ARTICLES = [
     article("card-declined", ["why was my card declined", "my card payment was declined",
