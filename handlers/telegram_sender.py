@@ -19,11 +19,16 @@ the in-doubt one. For a text message the sender *probes* the ids above that mark
 "message is not modified" only for our own message with that content (found: its id is
 recorded, nothing is sent), "message to edit not found" where there is nothing, and "message
 can't be edited" for someone else's message. Supergroups number their messages per chat, so
-a few "not found" in a row end the probe (nothing there: send); private chats share one
-sequence of the bot's account, so there the probe may only conclude "nothing there" once it
-has looked at every id below one this process saw allocated after the doubt arose. A probe
-that cannot tell (no mark, an unrecorded message of an earlier failed row may sit above it,
-too many ids to look at) sends again, logged. Topics, media and images in doubt are sent
+a few "not found" in a row end the probe (nothing there: send). Private chats and basic
+groups share one sequence of the bot's account (another chat's id answers "not found"), so
+there the probe looks between two bounds: below, the highest shared-box id of any chat
+recorded before the in-doubt row was created (:func:`outbox_high_water`); above, an id
+allocated after the doubt arose — got by this process's own later call, or an incoming
+message dated after it (:meth:`TelegramSender.observe_incoming`). Without an upper bound the
+row is handed back for a short retry (``ProbeWait``) so that other traffic gives one; after
+``PROBE_WAIT`` it is sent again, logged. A probe that cannot tell (no mark, an unrecorded
+message of an earlier failed row may sit above it, too many ids to look at, no bound in
+time) sends again, logged. Topics, media and images in doubt are sent
 again, logged: at most one copy per crash. Edits (card re-renders, topic names, keyboards)
 are idempotent and simply repeated.
 """
@@ -454,6 +459,7 @@ class TelegramSender:
             await self._dispatch(item, prog)
         except ProbeWait as w:
             # Not an attempt: nothing was sent, the row stays in doubt and its chat waits.
+            log.info("telegram: outbox row %s in chat %s: %s", item.id, item.target, w)
             return SendResult(ok=False, retry_after=PROBE_RETRY, deferred=True, error=str(w))
         except Deferred as d:
             return SendResult(ok=False, retry_after=d.wait, error=str(d))
