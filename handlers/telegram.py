@@ -278,7 +278,11 @@ class TelegramChannel:
         self.bot = bot or make_bot(token, self.settings.api_url)
         self.signer = CallbackSigner(token)
         self._sender = TelegramSender(
-            self.bot, self.signer, limits=limits, high_water=outbox_high_water(app.db)
+            self.bot,
+            self.signer,
+            limits=limits,
+            high_water=outbox_high_water(app.db),
+            wall=lambda: app.clock.now().timestamp(),
         )
         self.polling_timeout = polling_timeout
         self.album_window = album_window
@@ -667,6 +671,8 @@ class TelegramChannel:
             return
         m = msgs[0]
         chat = m.chat
+        for x in msgs:  # ids of the bot's shared sequence: bounds for in-doubt probes
+            self._sender.observe_incoming(chat.id, x.message_id, x.date.timestamp())
         if chat.type == "private":
             await self._user_message(msgs, unit, edited=edited)
         elif chat.id in self.desk_chats:

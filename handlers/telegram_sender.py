@@ -19,11 +19,16 @@ the in-doubt one. For a text message the sender *probes* the ids above that mark
 "message is not modified" only for our own message with that content (found: its id is
 recorded, nothing is sent), "message to edit not found" where there is nothing, and "message
 can't be edited" for someone else's message. Supergroups number their messages per chat, so
-a few "not found" in a row end the probe (nothing there: send); private chats share one
-sequence of the bot's account, so there the probe may only conclude "nothing there" once it
-has looked at every id below one this process saw allocated after the doubt arose. A probe
-that cannot tell (no mark, an unrecorded message of an earlier failed row may sit above it,
-too many ids to look at) sends again, logged. Topics, media and images in doubt are sent
+a few "not found" in a row end the probe (nothing there: send). Private chats and basic
+groups share one sequence of the bot's account (another chat's id answers "not found"), so
+there the probe looks between two bounds: below, the highest shared-box id of any chat
+recorded before the in-doubt row was created (:func:`outbox_high_water`); above, an id
+allocated after the doubt arose — got by this process's own later call, or an incoming
+message dated after it (:meth:`TelegramSender.observe_incoming`). Without an upper bound the
+row is handed back for a short retry (``ProbeWait``) so that other traffic gives one; after
+``PROBE_WAIT`` it is sent again, logged. A probe that cannot tell (no mark, an unrecorded
+message of an earlier failed row may sit above it, too many ids to look at, no bound in
+time) sends again, logged. Topics, media and images in doubt are sent
 again, logged: at most one copy per crash. Edits (card re-renders, topic names, keyboards)
 are idempotent and simply repeated.
 """
@@ -38,6 +43,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Final, TypeVar
 
 from aiogram import Bot
@@ -122,10 +128,21 @@ def _has(exc: TelegramAPIError, needles: tuple[str, ...]) -> bool:
 
 # ---------------------------------------------------------------------- in-doubt probes
 
-PROBE_CALLS = 20  # edits one in-doubt send may try
+PROBE_CALLS = 20  # edits one in-doubt send may try in a supergroup
 PROBE_GAP = 3  # "not found" in a row that end a probe in a supergroup (dense ids)
+# Private chats: other chats' ids between the bounds answer "not found" (safe, but each costs
+# an edit); paced by the limiter's global rate, 120 edits take ~4 s at 30/s.
+BOX_PROBE_CALLS = 120
+BOX_LOOKAHEAD = PROBE_GAP  # ids above the highest known one a probe looks at without a bound
+PROBE_RETRY = 1.0  # seconds before a private-chat probe without an upper bound looks again
+PROBE_WAIT = 60.0  # ... and how long it waits for one before sending again (logged)
+DATE_SLACK = 1.0  # message dates are whole Unix seconds
+# Outbox timestamps are written by the processes' clocks: one host's clock, or hosts kept in
+# step by NTP. A row counts as recorded before another was created only this much earlier.
+CLOCK_SLACK = timedelta(seconds=1)
 MARK_ROWS = 5000  # outbox rows looked back for a chat's high-water mark
 BOX_MEMORY = 4096  # private-chat message ids remembered with their chat
+DOUBT_MEMORY = 1024  # private-chat probes waiting for an upper bound
 
 
 class _Unknown:
@@ -138,6 +155,36 @@ class _Unknown:
 UNKNOWN: Final = _Unknown()
 
 
+class _Wait:
+    """A private-chat probe has no upper bound yet: look again shortly (not sent meanwhile)."""
+
+    def __repr__(self) -> str:
+        return "WAIT"
+
+
+WAIT: Final = _Wait()
+
+
+class ProbeWait(Exception):
+    """The in-doubt call's probe needs an id allocated after the doubt: retry the row soon."""
+
+
+@dataclass
+class _Doubt:
+    """A private-chat probe of one outbox row in this process.
+
+    ``mono``/``wall``: when this process first probed for the row — the moment the doubt
+    arose as far as bounds go (see :meth:`TelegramSender._doubt`). ``probed``: the highest
+    id already looked at (a later look goes on above it). ``calls``: edits made so far.
+    """
+
+    text: str
+    mono: float
+    wall: float
+    probed: int = 0
+    calls: int = 0
+
+
 @dataclass(frozen=True)
 class HighWater:
     """What the database knows of a chat before an outbox row: the newest message id the bot
@@ -146,6 +193,9 @@ class HighWater:
 
     message_id: int | None
     safe: bool = True
+    # The highest shared-box id (private chats and basic groups, any chat) recorded before
+    # the row was created: the in-doubt message, if any, has a higher id.
+    box: int | None = None
 
 
 HighWaterSource = Callable[[str, int], Awaitable[HighWater]]
@@ -166,8 +216,13 @@ def outbox_high_water(db: Database) -> HighWaterSource:
     """The high-water mark of a Telegram chat from its earlier outbox rows' recorded results.
 
     Rows of one target are delivered one at a time in id order, so the newest row with a
-    recorded id holds the chat's newest known bot message. Only read when a send is in doubt
-    (after a crash or a 5xx), and at most ``MARK_ROWS`` rows back.
+    recorded id holds the chat's newest known bot message. For the shared box it also reads
+    the highest private-chat / basic-group id of any chat whose row was *recorded* (``sent_at``)
+    before this row was *created*: that id was allocated before the row existed, so before any
+    call of it (row ids alone would not do: rows of different chats are delivered out of id
+    order). The outbox keeps no claim time, so the creation time is the latest moment known to
+    precede the in-doubt call; it is tighter only by the row's queueing delay. Only read when
+    a send is in doubt (after a crash or a 5xx), and at most ``MARK_ROWS`` rows back.
     """
 
     async def look(target: str, row_id: int) -> HighWater:
@@ -184,6 +239,31 @@ def outbox_high_water(db: Database) -> HighWaterSource:
                     .order_by(Outbox.id.desc())
                 )
             ).all()
+            box: int | None = None
+            created = await s.scalar(select(Outbox.created_at).where(Outbox.id == row_id))
+            if _shared_box(_chat(target)) and created is not None:
+                # A row created before ours and sent before it: its id is smaller than ours.
+                earlier = (
+                    await s.execute(
+                        select(Outbox.target, Outbox.result).where(
+                            Outbox.channel == CHANNEL,
+                            Outbox.status == "sent",
+                            Outbox.id < row_id,
+                            Outbox.id >= row_id - MARK_ROWS,
+                            Outbox.sent_at < created - CLOCK_SLACK,
+                        )
+                    )
+                ).all()
+                box = max(
+                    (
+                        i
+                        for t, result in earlier
+                        if _shared_box(_chat(t))
+                        for v in ((result or {}).get("done") or {}).values()
+                        for i in _ids(v)
+                    ),
+                    default=None,
+                )
         for status, result in rows:
             state = result or {}
             if status != "sent" and (state.get("doubt") or state.get("inflight")):
@@ -192,13 +272,13 @@ def outbox_high_water(db: Database) -> HighWaterSource:
                 return HighWater(None, safe=False)
             ids = [i for v in (state.get("done") or {}).values() for i in _ids(v)]
             if ids:
-                return HighWater(max(ids))
-        return HighWater(None)
+                return HighWater(max(ids), box=box)
+        return HighWater(None, box=box)
 
     return look
 
 
-def _shared_box(chat: int) -> bool:
+def _shared_box(chat: int | str) -> bool:
     """Private chats and basic groups share one message id sequence (the bot account's);
     supergroups and channels number their own messages."""
     return not str(chat).startswith("-100")
@@ -346,6 +426,7 @@ class TelegramSender:
         limits: RateLimits | None = None,
         limiter: RateLimiter | None = None,
         high_water: HighWaterSource | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.bot = bot
         self.signer = signer
@@ -356,6 +437,14 @@ class TelegramSender:
         # got it started, id) — the upper bound a probe in a private chat needs.
         self._box_chat: OrderedDict[int, int] = OrderedDict()
         self._box_seen: deque[tuple[float, int]] = deque(maxlen=BOX_MEMORY)
+        # Incoming private-chat / basic-group messages: (date in Unix seconds, id).
+        self._box_dated: deque[tuple[float, int]] = deque(maxlen=BOX_MEMORY)
+        self._box_top = 0  # the highest shared-box id known to exist
+        self.wall = wall  # Unix seconds, to compare with message dates
+        self._doubts: OrderedDict[int, _Doubt] = OrderedDict()  # outbox row id -> its probe
+        # Row id -> when it first waited for a bound: a row waits PROBE_WAIT in all, not per
+        # doubt (a chat whose sends keep failing with 5xx is not held a minute each time).
+        self._waiting: OrderedDict[int, float] = OrderedDict()
         self._forum: dict[int, bool] = {}
         self._topic_names: dict[tuple[int, int], str] = {}
         self._migrated: dict[int, int] = {}
@@ -368,6 +457,10 @@ class TelegramSender:
         prog = _Progress(item)
         try:
             await self._dispatch(item, prog)
+        except ProbeWait as w:
+            # Not an attempt: nothing was sent, the row stays in doubt and its chat waits.
+            log.info("telegram: outbox row %s in chat %s: %s", item.id, item.target, w)
+            return SendResult(ok=False, retry_after=PROBE_RETRY, deferred=True, error=str(w))
         except Deferred as d:
             return SendResult(ok=False, retry_after=d.wait, error=str(d))
         except TelegramRetryAfter as e:
@@ -412,6 +505,17 @@ class TelegramSender:
         return SendResult(links=list(prog.links), drop_roles=list(dict.fromkeys(prog.drop)))
 
     async def _dispatch(self, item: OutboxItem, prog: _Progress) -> None:
+        try:
+            await self._kind(item, prog)
+        except ProbeWait:
+            raise
+        except BaseException:
+            self._doubts.pop(item.id, None)
+            raise
+        self._doubts.pop(item.id, None)
+        self._waiting.pop(item.id, None)
+
+    async def _kind(self, item: OutboxItem, prog: _Progress) -> None:
         if item.kind == "message":
             await self._message(item, prog)
         elif item.kind == "ticket_card":
@@ -441,18 +545,23 @@ class TelegramSender:
         call: Callable[[], Awaitable[T]],
         *,
         idempotent: bool = False,
-        probe: Callable[[], Awaitable[T | _Unknown | None]] | None = None,
+        probe: Callable[[], Awaitable[T | _Unknown | _Wait | None]] | None = None,
     ) -> T:
         """Run ``call`` unless an earlier attempt of the same row already did (saved in the
         database). ``call`` returns message ids: JSON, as the outbox stores them.
 
         If this is the call in doubt, ``probe`` looks for what it may have left: found, its
         result is recorded instead of calling; nothing there, the call is made; ``UNKNOWN``
-        (or no probe), the call is made again and the outbox logs and counts the re-send.
+        (or no probe), the call is made again and the outbox logs and counts the re-send;
+        ``WAIT``, the row is handed back for a retry (:class:`ProbeWait`).
         """
         item = prog.item
         if item.in_doubt and not idempotent and key not in item.done:
             found = await probe() if probe is not None else UNKNOWN
+            if isinstance(found, _Wait):
+                raise ProbeWait(
+                    f"{key} is in doubt: waiting for a private-chat id allocated after it"
+                )
             if isinstance(found, _Unknown):
                 log.warning(
                     "telegram: %s of outbox row %s in chat %s is in doubt and the probe "
@@ -485,14 +594,47 @@ class TelegramSender:
         for mid in ids:
             self._box_chat[mid] = chat
             self._box_seen.append((started, mid))
+            self._box_top = max(self._box_top, mid)
         while len(self._box_chat) > BOX_MEMORY:
             self._box_chat.popitem(last=False)
 
-    def _box_upper(self, since: float) -> int | None:
-        """The highest private-chat id got by a call started at ``since`` or later: Telegram
-        allocated it after anything the in-doubt call could have left."""
-        later = [mid for at, mid in self._box_seen if at >= since]
+    def observe_incoming(self, chat: int, message_id: int, date: float) -> None:
+        """A message someone sent in a private chat or basic group (the channel calls this
+        for every message it receives): its id is taken from the bot's shared sequence, so
+        it is another chat's id for the probes, and — when its ``date`` is later than the
+        moment a doubt arose — an upper bound for them."""
+        if not _shared_box(chat):
+            return
+        self._box_chat[message_id] = chat
+        self._box_dated.append((date, message_id))
+        self._box_top = max(self._box_top, message_id)
+        while len(self._box_chat) > BOX_MEMORY:
+            self._box_chat.popitem(last=False)
+
+    def _box_upper(self, doubt: _Doubt) -> int | None:
+        """The highest private-chat id allocated after anything the in-doubt call could have
+        left: got by our own call started after the doubt arose, or dated by Telegram more
+        than a rounding after it."""
+        later = [mid for at, mid in self._box_seen if at >= doubt.mono]
+        later += [mid for date, mid in self._box_dated if date > doubt.wall + DATE_SLACK]
         return max(later) if later else None
+
+    def _doubt(self, row: int, text: str) -> _Doubt:
+        """The probe state of an in-doubt row, begun now if this process has none.
+
+        Its moment is this process's first probe for the row: the attempt that made the
+        in-doubt call had ended before (its process died — the dispatcher hands a row on only
+        once its worker is gone or its lock expired — or it recorded a 5xx or a timeout), so
+        every id that call could have got was allocated by then. It stays fixed while the row
+        waits for a bound, so ids seen meanwhile count. Not the process start (a 5xx doubt
+        arises later) nor the claim of the failed attempt (the outbox does not keep it).
+        """
+        doubt = self._doubts.get(row)
+        if doubt is None or doubt.text != text:
+            doubt = self._doubts[row] = _Doubt(text, time.monotonic(), self.wall())
+            while len(self._doubts) > DOUBT_MEMORY:
+                self._doubts.popitem(last=False)
+        return doubt
 
     async def _probe_text(
         self,
@@ -501,30 +643,55 @@ class TelegramSender:
         html_text: str,
         plain: str | None,
         markup: InlineKeyboardMarkup | None,
-    ) -> int | _Unknown | None:
+    ) -> int | _Unknown | _Wait | None:
         """Look for the in-doubt text message above the chat's high-water mark (module
-        docstring): its id, ``None`` (not there) or ``UNKNOWN``."""
+        docstring): its id, ``None`` (not there), ``UNKNOWN`` or ``WAIT`` (private chats: no
+        upper bound yet; look again shortly)."""
         item = prog.item
         if self.high_water is None or chat != _chat(item.target):
             return UNKNOWN  # no database to ask, or the chat migrated meanwhile
-        started = time.monotonic()
+        box = _shared_box(chat)
+        doubt = self._doubt(item.id, html_text) if box else None
         mark = await self.high_water(item.target, item.id)
         own = [i for v in item.done.values() for i in _ids(v)]  # this row's earlier calls
         if not mark.safe or (mark.message_id is None and not own):
             return UNKNOWN
-        candidate = max([*own, *([mark.message_id] if mark.message_id else [])])
-        box = _shared_box(chat)
+        floor = max([*own, *([mark.message_id] if mark.message_id else [])])
+        if box and mark.box is not None:
+            floor = max(floor, mark.box)  # other chats' ids recorded before the row existed
+        candidate = max(floor, doubt.probed) if doubt is not None else floor
         text = html_text
         mode: str | None = "HTML"
         calls = misses = 0
-        while calls < PROBE_CALLS:
+        while True:
             candidate += 1
-            if box:
-                upper = self._box_upper(started)
+            if doubt is not None:
+                upper = self._box_upper(doubt)
                 if upper is not None and candidate > upper:
                     return None  # every id the in-doubt call could have got was looked at
+                # Without a bound, look only at ids known to exist and the next few (the
+                # in-doubt message is often right there): above may be nothing yet.
+                if upper is None and candidate > max(self._box_top, floor) + BOX_LOOKAHEAD:
+                    since = self._waiting.setdefault(item.id, doubt.wall)
+                    while len(self._waiting) > DOUBT_MEMORY:
+                        self._waiting.popitem(last=False)
+                    if self.wall() - since >= PROBE_WAIT:
+                        log.warning(
+                            "telegram: no private-chat id allocated after the doubt of outbox "
+                            "row %s came within %.0fs",
+                            item.id,
+                            PROBE_WAIT,
+                        )
+                        return UNKNOWN
+                    return WAIT  # ids above may not exist yet: wait for one that does
                 if self._box_chat.get(candidate, chat) != chat:
+                    doubt.probed = candidate
                     continue  # another chat's message
+                if doubt.calls >= BOX_PROBE_CALLS:
+                    return UNKNOWN
+                doubt.calls += 1
+            elif calls >= PROBE_CALLS:
+                return UNKNOWN
             calls += 1
             await self.limiter.acquire(str(chat), edit=True)
             try:
@@ -544,6 +711,9 @@ class TelegramSender:
                     mode = None
                     candidate -= 1
                     continue
+                # Not ours with this content, looked at after the doubt arose: that stays so.
+                if doubt is not None:
+                    doubt.probed = candidate
                 if _has(e, EDIT_NOT_FOUND):
                     misses += 1
                     if not box and misses >= PROBE_GAP:
@@ -561,7 +731,6 @@ class TelegramSender:
                 chat,
             )
             return candidate
-        return UNKNOWN
 
     async def _send_html(
         self,
@@ -633,7 +802,7 @@ class TelegramSender:
 
             async def probe(
                 html_text: str = html_text, piece: str = piece, last: bool = last
-            ) -> int | _Unknown | None:
+            ) -> int | _Unknown | _Wait | None:
                 return await self._probe_text(
                     prog, chat, html_text, piece, markup if last else None
                 )
@@ -681,7 +850,7 @@ class TelegramSender:
             ids.extend(await self._texts(prog, f"{key}:f", chat, [f"📎 {names}"], home=home))
         if caption is not None and not sends:
 
-            async def probe() -> list[int] | _Unknown | None:
+            async def probe() -> list[int] | _Unknown | _Wait | None:
                 assert caption is not None
                 found = await self._probe_text(prog, chat, caption, None, None)
                 return [found] if isinstance(found, int) else found
@@ -987,7 +1156,7 @@ class TelegramSender:
             async def call(piece: str = piece) -> int:
                 return await self._send_html(chat, piece, home=home)
 
-            async def probe(piece: str = piece) -> int | _Unknown | None:
+            async def probe(piece: str = piece) -> int | _Unknown | _Wait | None:
                 return await self._probe_text(prog, chat, piece, None, None)
 
             ids.append(await self._once(prog, f"{key}t{n}", call, probe=probe))
@@ -1011,7 +1180,7 @@ class TelegramSender:
             async def call(home: _Home = home) -> int:
                 return await self._send_html(chat, text, home=home)
 
-            async def probe() -> int | _Unknown | None:
+            async def probe() -> int | _Unknown | _Wait | None:
                 return await self._probe_text(prog, chat, text, None, None)
 
             try:

@@ -77,6 +77,10 @@ TG_RESENT = re.compile(
     r"telegram: (\S+) of outbox row (\d+) in chat (-?\d+) is in doubt and the probe"
 )
 TG_ABSENT = "was in doubt; not there, sending"
+# A private-chat probe that handed its row back to wait for an id allocated after the doubt,
+# and one that gave up waiting (then sends again: a TG_RESENT line follows for that row).
+TG_WAITED = re.compile(r"telegram: outbox row (\d+) in chat (-?\d+): \S+ is in doubt: waiting")
+TG_NO_BOUND = re.compile(r"no private-chat id allocated after the doubt of outbox row (\d+)")
 USER_MESSAGES = 5
 REPLIES = 3
 STAGGER = 1.2  # seconds between users' first steps
@@ -678,6 +682,13 @@ async def test_exactly_once_through_random_sigkills(tmp_path: Path) -> None:
         f"telegram in-doubt calls: found {sum(t.count('already delivered') for t in logs)} "
         f"(with Slack's), not there {sum(t.count(TG_ABSENT) for t in logs)}, sent again "
         f"{[m.group(0)[10:].split(' is in')[0] for m in resent]}",
+        flush=True,
+    )
+    waited = {int(m.group(1)) for text in logs for m in TG_WAITED.finditer(text)}
+    no_bound = {int(m.group(1)) for text in logs for m in TG_NO_BOUND.finditer(text)}
+    print(
+        f"telegram private-chat probes that waited for a bound: rows {sorted(waited)}; "
+        f"gave up waiting (sent again): rows {sorted(no_bound)}",
         flush=True,
     )
     for chat, n in Counter(chat for chat, _ in tg_copies).items():

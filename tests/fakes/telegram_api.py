@@ -293,6 +293,8 @@ class FakeTelegramAPI:
         self.bot = FakeUser(int(token.split(":")[0]), "Firstline", username=username, is_bot=True)
         self.url = ""
         self.calls: list[Call] = []
+        # Message dates (Unix seconds): tests point it at their clock.
+        self.now: Callable[[], float] = time.time
         self.chats: dict[int, FakeChat] = {}
         self.messages: dict[tuple[int, int], FakeMessage] = {}
         self.topics: dict[int, dict[int, Topic]] = {}
@@ -585,7 +587,7 @@ class FakeTelegramAPI:
         mid = self._next_msg_id(chat.id)
         raw: dict[str, Any] = {
             "message_id": mid,
-            "date": int(time.time()),
+            "date": int(self.now()),
             "chat": chat.to_json(),
             "from": user.to_json(),
         }
@@ -599,7 +601,7 @@ class FakeTelegramAPI:
             if replied is not None:
                 raw["reply_to_message"] = replied.raw or {
                     "message_id": reply_to,
-                    "date": int(time.time()),
+                    "date": int(self.now()),
                     "chat": chat.to_json(),
                 }
                 if chat.is_forum and thread_id is None:
@@ -611,7 +613,7 @@ class FakeTelegramAPI:
                 if reply_to is None:  # in a topic, a plain message "replies" to its root
                     raw["reply_to_message"] = {
                         "message_id": thread_id,
-                        "date": int(time.time()),
+                        "date": int(self.now()),
                         "chat": chat.to_json(),
                         "forum_topic_created": {"name": "topic", "icon_color": 7322096},
                     }
@@ -730,7 +732,7 @@ class FakeTelegramAPI:
         msg.text = text
         raw = dict(msg.raw)
         raw["text" if "text" in raw else "caption"] = text
-        raw["edit_date"] = int(time.time())
+        raw["edit_date"] = int(self.now())
         self.queue("edited_message", raw)
 
     def press(self, user: FakeUser, msg: FakeMessage, label: str) -> dict[str, Any]:
@@ -763,7 +765,7 @@ class FakeTelegramAPI:
             {
                 "chat": chat.to_json(),
                 "from": by.to_json(),
-                "date": int(time.time()),
+                "date": int(self.now()),
                 "old_chat_member": {"status": "left", "user": self.bot.to_json()},
                 "new_chat_member": {"status": "member", "user": self.bot.to_json()},
             },
@@ -993,7 +995,7 @@ class FakeTelegramAPI:
         chat = self.chats[msg.chat_id]
         d: dict[str, Any] = {
             "message_id": msg.message_id,
-            "date": int(time.time()),
+            "date": int(self.now()),
             "chat": chat.to_json(),
             "from": (
                 self.bot if msg.from_id == self.bot.id else FakeUser(msg.from_id, "U")

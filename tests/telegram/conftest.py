@@ -176,6 +176,7 @@ async def make_tg(
 
     async def build(*, forum: bool = False, **telegram: Any) -> Tg:
         fake.add_group(L2, "L2 desk", forum=forum)
+        fake.now = lambda: clock.now().timestamp()  # message dates follow the test's clock
         settings = tg_settings(fake, database_url, **telegram)
         app = await App.create(settings, clock, migrate=False)
         channel = TelegramChannel(app, limits=RateLimits.unlimited(), album_window=0.2)

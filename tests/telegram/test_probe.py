@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from bot.storage.models import Outbox
 from handlers.telegram_sender import (
     PROBE_CALLS,
     PROBE_GAP,
+    PROBE_WAIT,
     RateLimits,
     TelegramSender,
     outbox_high_water,
@@ -51,6 +53,7 @@ def _sender(tg: Tg, cls: type[TelegramSender] = TelegramSender, **kw: Any) -> Te
         tg.channel.signer,
         limits=RateLimits.unlimited(),
         high_water=outbox_high_water(tg.app.db),
+        wall=lambda: tg.clock.now().timestamp(),
         **kw,
     )
 
@@ -192,20 +195,126 @@ async def test_a_desk_post_that_landed_is_found(make_tg: MakeTg) -> None:
     assert f"{_count(tg, 'recovered')} 1.0" in tg.app.metrics.render().decode()
 
 
-async def test_a_private_chat_probe_that_cannot_tell_sends_again_logged(
+async def _later(tg: Tg, sender: TelegramSender, seconds: float) -> None:
+    """Time passes (the test's clock: retries fall due, message dates move on); the new
+    process polls what arrived and delivers what is due."""
+    tg.clock.advance(timedelta(seconds=seconds))
+    await tg.channel.poll_once()
+    await tg.app.dispatcher({"telegram": sender}).drain()
+
+
+def _new_process(tg: Tg) -> TelegramSender:
+    """The restarted process's sender, also fed the channel's incoming messages."""
+    sender = _sender(tg)
+    tg.channel._sender = sender
+    return sender
+
+
+def _others_write(tg: Tg, n: int) -> None:
+    """Another user writes ``n`` messages (not polled yet): ids of the shared sequence that
+    lie between the chat's mark and whatever the killed call got."""
+    dan = tg.user("Dan", 5004)
+    for k in range(n):
+        tg.fake.send_text(dan, f"are you there {k}")
+
+
+async def test_a_private_chat_probe_without_a_bound_sends_again_after_the_wait(
     make_tg: MakeTg, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Private chats share one id sequence: without an id seen allocated after the doubt,
-    "not found" proves nothing, so after ``PROBE_CALLS`` edits the reply is sent again."""
+    """(c) Private chats share one id sequence: "not found" proves nothing until an id
+    allocated after the doubt is known. None comes: the reply waits (not sent), and after
+    ``PROBE_WAIT`` it is sent again, logged — the old behaviour, only later."""
     tg, ann, bob = await _ticket(make_tg)
     await _reply_queued(tg, bob, "Restart the router")
     await _crash(tg, ann.id, landed=False)
+    sender = _sender(tg)
     with caplog.at_level(logging.WARNING):
-        await _restart(tg)
+        await tg.app.dispatcher({"telegram": sender}).drain()
+        assert not any("router" in t for t in tg.texts(ann))  # waiting, not re-sent
+        await _later(tg, sender, PROBE_WAIT / 2)
+        assert not any("router" in t for t in tg.texts(ann))
+        await _later(tg, sender, PROBE_WAIT / 2)
     assert sum("router" in t for t in tg.texts(ann)) == 1  # nothing had landed
-    assert len(_edits(tg, ann.id)) == PROBE_CALLS
+    # Only the ids just above the mark were looked at, once.
+    assert len(_edits(tg, ann.id)) == PROBE_GAP
+    assert any("no private-chat id allocated after" in r.getMessage() for r in caplog.records)
     assert any("the probe could not tell" in r.getMessage() for r in caplog.records)
     assert f"{_count(tg, 'resent_in_doubt')} 1.0" in tg.app.metrics.render().decode()
+
+
+async def test_a_delivered_private_reply_is_found_once_another_users_message_bounds_it(
+    make_tg: MakeTg,
+) -> None:
+    """(a) The killed reply landed above many ids this process knows nothing of (another
+    user's messages); nothing else happens at first, so the probe waits; then someone
+    writes: their message is dated after the doubt, its id bounds the probe, the reply is
+    found and not sent again."""
+    tg, ann, bob = await _ticket(make_tg)
+    await _reply_queued(tg, bob, "Clear the cache")
+    _others_write(tg, PROBE_CALLS + 5)
+    await _crash(tg, ann.id, landed=True)
+    copy = tg.fake.last(ann.id)
+    sender = _new_process(tg)
+    await tg.app.dispatcher({"telegram": sender}).drain()
+    assert len(_edits(tg, ann.id)) == PROBE_GAP  # the next few ids, then it waits
+    assert _count(tg, "resent_in_doubt") not in tg.app.metrics.render().decode()
+    tg.clock.advance(timedelta(seconds=5))
+    cid = tg.user("Cid", 5002)
+    tg.fake.send_text(cid, "hi, I need help")  # dated after the doubt
+    await _later(tg, sender, 0)
+    assert sum("cache" in t for t in tg.texts(ann)) == 1
+    probes = _edits(tg, ann.id)
+    assert probes[-1].params["message_id"] == copy.message_id
+    assert probes[-1].result["description"] == NOT_MODIFIED
+    metrics = tg.app.metrics.render().decode()
+    assert f"{_count(tg, 'recovered')} 1.0" in metrics
+    assert _count(tg, "resent_in_doubt") not in metrics
+
+
+async def test_an_undelivered_private_reply_is_sent_once_when_bounded(
+    make_tg: MakeTg, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(b) The killed reply never left; other users' messages sit in the shared sequence
+    around where it would be. Once a message dated after the doubt arrives, every id below
+    it was looked at or is another chat's: nothing there, sent once, no logged re-send."""
+    tg, ann, bob = await _ticket(make_tg)
+    await _reply_queued(tg, bob, "Update the driver")
+    _others_write(tg, 4)
+    await _crash(tg, ann.id, landed=False)
+    sender = _new_process(tg)
+    with caplog.at_level(logging.INFO):
+        await tg.app.dispatcher({"telegram": sender}).drain()
+        assert not any("driver" in t for t in tg.texts(ann))  # waiting for a bound
+        tg.clock.advance(timedelta(seconds=5))
+        cid = tg.user("Cid", 5002)
+        late = tg.fake.send_text(cid, "hello?")  # dated after the doubt
+        await _later(tg, sender, 0)
+    assert sum("driver" in t for t in tg.texts(ann)) == 1
+    looked = [int(c.params["message_id"]) for c in _edits(tg, ann.id)]
+    assert looked and max(looked) < late.message_id < tg.fake.last(ann.id).message_id
+    assert all(c.result["description"] != NOT_MODIFIED for c in _edits(tg, ann.id))
+    assert any("not there, sending" in r.getMessage() for r in caplog.records)
+    assert _count(tg, "resent_in_doubt") not in tg.app.metrics.render().decode()
+
+
+async def test_other_chats_recorded_ids_keep_the_probe_short(make_tg: MakeTg) -> None:
+    """(d) Since Ann's last message the bot talked with other users (recorded before her
+    reply's row was written): those ids are below the killed call's, so the probe starts
+    above them — one edit finds the reply, where the chat's own mark would leave more ids
+    to look at than a probe may try."""
+    tg, ann, bob = await _ticket(make_tg)
+    others = [tg.user(f"U{k}", 6000 + k) for k in range(PROBE_CALLS + 1)]
+    for user in others:
+        await tg.say(user, "/start")
+    assert sum(len(tg.fake.sent(u.id)) for u in others) > PROBE_CALLS
+    tg.clock.advance(timedelta(seconds=5))  # the row is written well after those records
+    await _reply_queued(tg, bob, "Use the reset link")
+    await _crash(tg, ann.id, landed=True)
+    await _restart(tg)
+    assert sum("reset link" in t for t in tg.texts(ann)) == 1
+    probes = _edits(tg, ann.id)
+    assert [int(c.params["message_id"]) for c in probes] == [tg.fake.last(ann.id).message_id]
+    assert probes[0].result["description"] == NOT_MODIFIED
 
 
 async def test_a_private_chat_probe_ends_at_an_id_allocated_after_the_doubt(
