@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -140,19 +140,38 @@ def schedule_digest(app: App, scheduler: AsyncIOScheduler, wake: Callable[[], No
     )
 
 
+def _every(
+    scheduler: AsyncIOScheduler,
+    job_id: str,
+    what: str,
+    job: Callable[[], Awaitable[None]],
+    *,
+    at_start: bool = False,
+    **interval: int,
+) -> None:
+    """Run ``job`` at ``interval`` (first at start with ``at_start``); a failure is logged
+    and the next run retries."""
+
+    async def run() -> None:
+        try:
+            await job()
+        except Exception:
+            log.exception("%s failed; the next run retries", what)
+
+    extra: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if at_start else {}
+    scheduler.add_job(run, "interval", id=job_id, replace_existing=True, coalesce=True,
+                      max_instances=1, **interval, **extra)
+
+
 def schedule_flood_flush(app: App, scheduler: AsyncIOScheduler, wake: Callable[[], None]) -> None:
     """Every 10 s, post messages held back by flood control to L2 as one summary."""
     from bot.flood import flush_held
 
     async def flush() -> None:
-        try:
-            if await flush_held(app.db, app.desk, app.clock):
-                wake()
-        except Exception:
-            log.exception("flood flush failed; the next run retries")
+        if await flush_held(app.db, app.desk, app.clock):
+            wake()
 
-    scheduler.add_job(flush, "interval", seconds=10, id="flood:flush", replace_existing=True,
-                      coalesce=True, max_instances=1)
+    _every(scheduler, "flood:flush", "flood flush", flush, seconds=10)
 
 
 def schedule_outbox_pruning(app: App, scheduler: AsyncIOScheduler) -> None:
@@ -160,16 +179,11 @@ def schedule_outbox_pruning(app: App, scheduler: AsyncIOScheduler) -> None:
     from bot.maintenance import prune_outbox
 
     async def prune() -> None:
-        try:
-            n = await prune_outbox(app.db, app.clock.now() - app.settings.database.outbox_keep)
-        except Exception:
-            log.exception("outbox pruning failed; the next run retries")
-            return
+        n = await prune_outbox(app.db, app.clock.now() - app.settings.database.outbox_keep)
         if n:
             log.info("deleted %d delivered outbox rows", n)
 
-    scheduler.add_job(prune, "interval", hours=1, id="outbox:prune", replace_existing=True,
-                      coalesce=True, max_instances=1, next_run_time=datetime.now(UTC))
+    _every(scheduler, "outbox:prune", "outbox pruning", prune, at_start=True, hours=1)
 
 
 def schedule_retention(app: App, scheduler: AsyncIOScheduler) -> None:
@@ -181,17 +195,12 @@ def schedule_retention(app: App, scheduler: AsyncIOScheduler) -> None:
     from bot.privacy import apply_retention
 
     async def run() -> None:
-        try:
-            counts = await apply_retention(app.db, app.clock, period)
-        except Exception:
-            log.exception("retention failed; the next run retries")
-            return
+        counts = await apply_retention(app.db, app.clock, period)
         done = {k: v for k, v in counts.items() if v}
         if done:
             log.info("retention (%s): %s", period, ", ".join(f"{k}: {v}" for k, v in done.items()))
 
-    scheduler.add_job(run, "interval", days=1, id="privacy:retention", replace_existing=True,
-                      coalesce=True, max_instances=1, next_run_time=datetime.now(UTC))
+    _every(scheduler, "privacy:retention", "retention", run, at_start=True, days=1)
 
 
 async def deliver_due(dispatcher: Dispatcher, seconds: float) -> int:
