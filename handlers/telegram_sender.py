@@ -592,11 +592,8 @@ class TelegramSender:
         if not _shared_box(chat):
             return
         for mid in ids:
-            self._box_chat[mid] = chat
+            self._remember(chat, mid)
             self._box_seen.append((started, mid))
-            self._box_top = max(self._box_top, mid)
-        while len(self._box_chat) > BOX_MEMORY:
-            self._box_chat.popitem(last=False)
 
     def observe_incoming(self, chat: int, message_id: int, date: float) -> None:
         """A message someone sent in a private chat or basic group (the channel calls this
@@ -605,8 +602,12 @@ class TelegramSender:
         moment a doubt arose — an upper bound for them."""
         if not _shared_box(chat):
             return
-        self._box_chat[message_id] = chat
+        self._remember(chat, message_id)
         self._box_dated.append((date, message_id))
+
+    def _remember(self, chat: int, message_id: int) -> None:
+        """A shared-box id and its chat (the newest ``BOX_MEMORY`` of them)."""
+        self._box_chat[message_id] = chat
         self._box_top = max(self._box_top, message_id)
         while len(self._box_chat) > BOX_MEMORY:
             self._box_chat.popitem(last=False)
