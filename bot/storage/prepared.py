@@ -106,15 +106,25 @@ class Prepared:
             _text(p(values[n]) if p is not None else values[n]) for n, p in c.params
         )
 
-    async def execute(self, s: AsyncSession | AsyncConnection, values: Mapping[str, Any]) -> int:
-        """Run once with ``values``; the number of rows it changed."""
+    async def _on_inline(
+        self, s: AsyncSession | AsyncConnection, values: Mapping[str, Any]
+    ) -> tuple[sqlite3.Cursor, Dialect] | None:
+        """Run once on the in-thread SQLite connection: its cursor and dialect; ``None``
+        (nothing run) on any other database."""
         inline = await _inline(s)
         if inline is None:
-            conn = await _connection(s)
-            return int((await conn.execute(self.stmt, dict(values))).rowcount)
+            return None
         raw, dialect = inline
         sql, args = self._args(dialect, values)
-        return int(_run(raw, sql, args).rowcount)
+        return _run(raw, sql, args), dialect
+
+    async def execute(self, s: AsyncSession | AsyncConnection, values: Mapping[str, Any]) -> int:
+        """Run once with ``values``; the number of rows it changed."""
+        ran = await self._on_inline(s, values)
+        if ran is None:
+            conn = await _connection(s)
+            return int((await conn.execute(self.stmt, dict(values))).rowcount)
+        return int(ran[0].rowcount)
 
     async def executemany(
         self, s: AsyncSession | AsyncConnection, rows: Sequence[Mapping[str, Any]]
@@ -141,24 +151,18 @@ class Prepared:
     async def insert(self, s: AsyncSession, values: Mapping[str, Any]) -> int | None:
         """Run an INSERT of one row on the in-thread SQLite connection; its rowid.
         ``None`` (nothing run) on any other database."""
-        inline = await _inline(s)
-        if inline is None:
-            return None
-        raw, dialect = inline
-        sql, args = self._args(dialect, values)
-        return _run(raw, sql, args).lastrowid
+        ran = await self._on_inline(s, values)
+        return ran[0].lastrowid if ran is not None else None
 
     async def scalars(
         self, s: AsyncSession | AsyncConnection, values: Mapping[str, Any]
     ) -> list[Any]:
         """Run once; the first column of every row it returned (``RETURNING`` / ``SELECT``)."""
-        inline = await _inline(s)
-        if inline is None:
+        ran = await self._on_inline(s, values)
+        if ran is None:
             conn = await _connection(s)
             return list((await conn.execute(self.stmt, dict(values))).scalars())
-        raw, dialect = inline
-        sql, args = self._args(dialect, values)
-        return [row[0] for row in _run(raw, sql, args).fetchall()]
+        return [row[0] for row in ran[0].fetchall()]
 
 
 def _run(raw: Any, sql: str, args: Sequence[Any]) -> sqlite3.Cursor:
@@ -355,12 +359,11 @@ async def load_objects(
     An object of the same identity already in the session is returned as it is, as the
     ORM does without ``populate_existing``.
     """
-    inline = await _inline(s)
-    if inline is None:
+    ran = await stmt._on_inline(s, values)
+    if ran is None:
         return None
-    raw, dialect = inline
-    sql, args = stmt._args(dialect, values)
-    row = _run(raw, sql, args).fetchone()
+    cur, dialect = ran
+    row = cur.fetchone()
     if row is None:
         return []
     session = s.sync_session
@@ -379,12 +382,11 @@ async def load_all(
     """Run ``stmt`` (a SELECT of :func:`columns_of` ``model``) and make a persistent ORM
     object of every row, in order, as a query of the entity would. ``None`` when not on the
     in-thread SQLite dialect: the caller then runs its ORM query."""
-    inline = await _inline(s)
-    if inline is None:
+    ran = await stmt._on_inline(s, values)
+    if ran is None:
         return None
-    raw, dialect = inline
-    sql, args = stmt._args(dialect, values)
-    rows = _run(raw, sql, args).fetchall()
+    cur, dialect = ran
+    rows = cur.fetchall()
     ld = _loader(model, dialect)
     session = s.sync_session
     return [_object(session, ld, row) for row in rows]
