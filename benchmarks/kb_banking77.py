@@ -197,12 +197,12 @@ def _calibration_features(
         for text, gold in dev:
             # The matcher's own steps (what KnowledgeBase.search does without feedback),
             # to see the closeness that the "none" decision adds to the best score.
-            _, scores, closeness, runner_up = m.score_details(text, "en")
-            ranked = m.rank(scores, (), runner_up)
+            scored = m.score_details(text, "en")
+            ranked = m.rank(scored.scores, (), scored.runner_up)
             s1 = ranked[0][1] if ranked else 0.0
             s2 = max((sc for _, sc in ranked[1:]), default=0.0)
-            w = settings.vector_closeness_weight if m.uses_vectors(text, "en") else 0.0
-            near = float(closeness[ranked[0][0]]) if ranked else 0.0
+            w = settings.vector_closeness_weight if scored.vectors else 0.0
+            near = float(scored.closeness[ranked[0][0]]) if ranked else 0.0
             right = bool(ranked) and m.articles[ranked[0][0]].id == gold
             feats.append((s1, s2, right, gold in held, (s1 + w * near) / (1 + w)))
     return feats

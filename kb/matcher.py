@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -476,6 +476,18 @@ def _meaning_words(text: str, table: WordVectors | None = None) -> list[str]:
     return [w for w in content if table.whole(w) or (w.isalpha() and len(w) > 2)] or content
 
 
+class Scored(NamedTuple):
+    """One query's scores per article (before feedback)."""
+
+    toks: list[str]  # normalised content tokens
+    scores: FloatArray  # 0..1: what decisions and place 1 go by
+    # The cosine of the article's nearest English phrasing to the query's meaning vector
+    # (0 where not computed: no vectors, or not among the classifier's best eight).
+    closeness: FloatArray
+    runner_up: FloatArray  # the order of places 2-3 (``runner_up_model_weight``)
+    vectors: bool  # scored with the word vectors: the ``vector_*`` thresholds apply
+
+
 class Matcher:
     """An immutable index over a set of articles; build once, query many times."""
 
@@ -658,29 +670,30 @@ class Matcher:
 
     def score(self, query: str, lang: str | None = None) -> tuple[list[str], FloatArray]:
         """Normalised tokens and a 0..1 score per article (before feedback)."""
-        toks, scores, _, _ = self.score_details(query, lang)
-        return toks, scores
+        scored = self.score_details(query, lang)
+        return scored.toks, scored.scores
 
-    def score_details(
-        self, query: str, lang: str | None = None
-    ) -> tuple[list[str], FloatArray, FloatArray, FloatArray]:
-        """:meth:`score`; per article the cosine of its nearest English phrasing to the
-        query's meaning vector (0 where not computed: no vectors, or not among the
-        classifier's best eight), for :meth:`decide`; and the runner-up order
-        (``runner_up_model_weight``), for :meth:`rank`."""
+    def _read(self, query: str, lang: str | None) -> tuple[str, str | None, bool]:
+        """The query after undoing a wrong keyboard layout, its language (the hint, else
+        its own script) and whether it is scored with the word vectors (English, vectors
+        on and loaded)."""
+        fixed = fix_layout(query, self.vocabulary, self._layout_cache)
+        lang = lang or script_lang(fixed)
+        return fixed, lang, self.word_vectors is not None and lang == "en"
+
+    def score_details(self, query: str, lang: str | None = None) -> Scored:
+        """:meth:`score`, with what :meth:`decide` and :meth:`rank` also need (see
+        :class:`Scored`)."""
         n = len(self.articles)
         closeness = np.zeros(n, dtype=np.float32)
-        fixed = fix_layout(query, self.vocabulary, self._layout_cache)
-        # Without a language hint the query's own script (after the layout fix) picks it.
-        lang = lang or script_lang(fixed)
-        vectors = self.word_vectors is not None and lang == "en"
+        fixed, lang, vectors = self._read(query, lang)
         analysed = analyse(self._substitute(fixed) if vectors else fixed)
         toks = [s for s, c in zip(*analysed, strict=True) if c]
         if not toks or not n:
-            return toks, np.zeros(n), closeness, np.zeros(n)
+            return Scored(toks, np.zeros(n), closeness, np.zeros(n), vectors)
         idx, val = self.vectorizer.transform(analysed)
         if not len(idx):
-            return toks, np.zeros(n), closeness, np.zeros(n)
+            return Scored(toks, np.zeros(n), closeness, np.zeros(n), vectors)
         allowed = self._lang_mask.get(lang or "", self._all_langs)
         z = val @ self.w[self.w_row[idx]] + self.b
         if vectors and self.word_vectors is not None:
@@ -698,8 +711,8 @@ class Matcher:
         prob /= prob.sum()
         sim = self._similarity(" ".join(sorted(toks)), idx, val, prob)
         s, r = self.settings.model_weight, self.settings.runner_up_model_weight
-        return (toks, np.where(allowed, s * prob + (1 - s) * sim, 0.0), closeness,
-                np.where(allowed, r * prob + (1 - r) * sim, 0.0))
+        return Scored(toks, np.where(allowed, s * prob + (1 - s) * sim, 0.0), closeness,
+                      np.where(allowed, r * prob + (1 - r) * sim, 0.0), vectors)
 
     def _similarity(
         self, text: str, idx: IntArray, val: FloatArray, prob: FloatArray
@@ -750,10 +763,7 @@ class Matcher:
     def uses_vectors(self, query: str, lang: str | None = None) -> bool:
         """Whether :meth:`score` scores this query with the word vectors (an English
         query, vectors on and loaded): its decision takes the ``vector_*`` thresholds."""
-        if self.word_vectors is None:
-            return False
-        return (lang or script_lang(fix_layout(query, self.vocabulary,
-                                               self._layout_cache))) == "en"
+        return self._read(query, lang)[2]
 
     def decide(
         self, ranked: Sequence[tuple[int, float]], vectors: bool = False,
@@ -806,12 +816,12 @@ class Matcher:
         self, query: str, lang: str | None = None, exclude: Collection[str] = ()
     ) -> MatchResult:
         """Score, rank and decide (no feedback; see :class:`kb.service.KnowledgeBase`)."""
-        _, scores, closeness, runner_up = self.score_details(query, lang)
-        ranked = self.rank(scores, exclude, runner_up)
+        scored = self.score_details(query, lang)
+        ranked = self.rank(scored.scores, exclude, scored.runner_up)
         return MatchResult(
             query=query,
-            decision=self.decide(ranked, self.uses_vectors(query, lang),
-                                 float(closeness[ranked[0][0]]) if ranked else 0.0),
+            decision=self.decide(ranked, scored.vectors,
+                                 float(scored.closeness[ranked[0][0]]) if ranked else 0.0),
             results=tuple(
                 ScoredArticle(self.articles[i], round(s, 4))
                 for i, s in ranked[: self.settings.max_results]

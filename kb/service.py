@@ -139,7 +139,8 @@ class KnowledgeBase:
         questions moves scores up or down before the decision.
         """
         m = self._matcher
-        toks, scores, closeness, runner_up = m.score_details(query, lang)
+        scored = m.score_details(query, lang)
+        toks, scores, runner_up = scored.toks, scored.scores, scored.runner_up
         if len(self.feedback) and toks:
             key = " ".join(toks)
             for art_id in self.feedback.articles():
@@ -152,10 +153,9 @@ class KnowledgeBase:
         ranked = m.rank(scores, exclude, runner_up)
         top = ranked[: self.settings.max_results]
         results = tuple(ScoredArticle(m.articles[i], round(s, 4)) for i, s in top)
-        vectors = m.uses_vectors(query, lang)
-        category, cat_score = self._category(toks, results, lang, vectors)
-        decision = m.decide(ranked, vectors,
-                            float(closeness[ranked[0][0]]) if ranked else 0.0)
+        category, cat_score = self._category(toks, results, lang, scored.vectors)
+        decision = m.decide(ranked, scored.vectors,
+                            float(scored.closeness[ranked[0][0]]) if ranked else 0.0)
         return MatchResult(query, decision, results, category, cat_score)
 
     def detect_category(self, query: str, lang: str | None = None) -> tuple[str | None, float]:

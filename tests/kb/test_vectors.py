@@ -147,12 +147,13 @@ def test_closeness_in_meaning_counts_towards_not_none() -> None:
 
 def test_match_reports_the_closeness_it_decided_with() -> None:
     m = Matcher(ARTICLES)
-    _, scores, closeness, _ = m.score_details("the merchant refused the transaction")
+    scored = m.score_details("the merchant refused the transaction")
+    scores, closeness = scored.scores, scored.closeness
     best = int(np.argmax(scores))
     assert m.articles[best].id == "card-declined"
     assert 0.3 < closeness[best] <= 1.0
-    _, _, ru, _ = m.score_details("не помню пароль")
-    assert not ru.any()
+    ru = m.score_details("не помню пароль")
+    assert not ru.closeness.any() and not ru.vectors
 
 
 def test_the_best_goes_first_and_the_runners_up_by_their_own_order() -> None:
